@@ -1,0 +1,121 @@
+"""Public functional API: ``gram``, ``weights``, ``combine``, ``harmonize``.
+
+Shapes and dtypes: a *gradient set* is a list/tuple with one tensor per parameter (``None``
+means a zero gradient) or a single tensor. Gradients may be float32, bfloat16 or float16 and
+must match set-to-set per parameter (shape, dtype); everything lives on one device. All
+accumulation is float32; weights and Gram matrices are float32 device tensors. Nothing here
+synchronizes with the host.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import backends
+from ._validate import GradSet, as_set, check_out, check_sets, flatten_sets
+from .methods import check_method
+
+
+def _sets(grads: Sequence[GradSet], name: str = "grads"):
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{name} must be a list/tuple of gradient sets, got {type(grads).__name__}")
+    sets = [as_set(s, f"{name}[{k}]") for k, s in enumerate(grads)]
+    device = check_sets(sets, [f"{name}[{k}]" for k in range(len(sets))])
+    return sets, device
+
+
+def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Tensor:
+    """K x K Gram matrix ``G[i, j] = <grads[i], grads[j]>`` (float32, on the sets' device).
+
+    One pass over the data; float32 accumulation whatever the input dtype.
+    """
+    sets, device = _sets(grads)
+    name = backends.resolve(backend, device, len(sets))
+    return backends.kernel(name, "gram", device)(flatten_sets(sets), len(sets))
+
+
+def weights(G: torch.Tensor, method: str = "gh", *, kappa: float = 0.5, backend: Optional[str] = None) -> torch.Tensor:
+    """Weights ``(w1, w2)`` of METHOD.md from the 2x2 Gram matrix ``G``: float32 (2,) on G's device.
+
+    ``method``: ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++) or ``"gh++released"``;
+    ``kappa`` in [0, 1] splits the GH++ turn (0.5: equal shares). No host synchronization.
+    See :mod:`gh_kernels.methods` for the edge-case rules (no conflict, zero or non-finite
+    gradients: ``(1, 1)``; GH++ near 180 degrees: GH weights).
+    """
+    check_method(method, kappa)
+    if not isinstance(G, torch.Tensor) or G.shape != (2, 2):
+        shape = tuple(G.shape) if isinstance(G, torch.Tensor) else type(G).__name__
+        raise ValueError(f"G must be the 2x2 Gram matrix of two gradient sets (a tensor of shape (2, 2)); got {shape}")
+    if not G.is_floating_point():
+        raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
+    name = backends.resolve(backend, G.device, 2)
+    return backends.kernel(name, "weights", G.device)(G.to(torch.float32), method, float(kappa))
+
+
+def combine(
+    w,
+    grads: Sequence[GradSet],
+    *,
+    out: Optional[Sequence[torch.Tensor]] = None,
+    accumulate: bool = False,
+    backend: Optional[str] = None,
+) -> List[Optional[torch.Tensor]]:
+    """``out[p] = sum_k w[k] * grads[k][p]`` (``+ out[p]`` when ``accumulate``), one fused pass.
+
+    ``w``: K weights, a float tensor on the gradients' device (read there, no sync).
+    ``out``: per-parameter tensors to write (may be one of the input sets: in place);
+    default: new tensors like the inputs (``None`` where every set has ``None``).
+    Returns ``out`` (a list).
+    """
+    sets, device = _sets(grads)
+    K = len(sets)
+    if not isinstance(w, torch.Tensor):
+        w = torch.as_tensor(w, dtype=torch.float32, device=device)
+    if w.shape != (K,):
+        raise ValueError(f"w must have shape ({K},) for {K} gradient sets; got {tuple(w.shape)}")
+    if w.device != device:
+        raise ValueError(f"w is on {w.device} but the gradients are on {device}")
+    if not w.is_floating_point():
+        raise TypeError(f"w must be a floating-point tensor, got {w.dtype}")
+    P = len(sets[0])
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs out= (the tensors to add to)")
+        like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(P)]
+        out_list = [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
+    else:
+        out_list = list(as_set(out, "out"))
+        check_out(out_list, sets)
+    idx = [p for p in range(P) if out_list[p] is not None]
+    if idx:
+        if len(idx) < P:  # only out=None leaves holes; the kernels see the present parameters only
+            sub_sets = [[s[p] for p in idx] for s in sets]
+            sub_out = [out_list[p] for p in idx]
+        else:
+            sub_sets, sub_out = sets, out_list
+        name = backends.resolve(backend, device, K)
+        backends.kernel(name, "combine_", device)(sub_out, flatten_sets(sub_sets), K, w.to(torch.float32), bool(accumulate))
+    return out_list
+
+
+def harmonize(
+    g1: GradSet,
+    g2: GradSet,
+    *,
+    method: str = "gh",
+    kappa: float = 0.5,
+    out: Optional[Sequence[torch.Tensor]] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Gram matrix, weights and combine: writes ``w1*g1 + w2*g2`` into ``out``; returns ``w``.
+
+    ``out``: default new tensors (retrieve them by passing your own list); ``out=g2`` (or g1)
+    harmonizes in place. Three kernels (Gram, weights, combine), no host sync, no flat copies.
+    """
+    check_method(method, kappa)
+    sets = [g1, g2]
+    G = gram(sets, backend=backend)
+    w = weights(G, method, kappa=kappa, backend=backend)
+    combine(w, sets, out=out, backend=backend)
+    return w
