@@ -1,0 +1,1 @@
+"""Benchmarks for gh_kernels (``python -m bench --help``)."""

@@ -1,0 +1,168 @@
+"""Microbenchmark of ``harmonize`` alone: our backends against the baselines, with bandwidth and memory.
+
+Each implementation leaves ``w1*g1 + w2*g2`` in per-parameter tensors. GB/s is counted as
+5N x bytes-per-element / time for every row (the fused path's minimum traffic), so rows compare
+directly; ``bytes_model`` says what each implementation really moves (see ``baselines.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import gh_kernels
+
+from . import baselines, shapes
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def make_lists(shape_list, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    g1, g2, out = [], [], []
+    for s in shape_list:
+        a = torch.randn(s, generator=g, dtype=torch.float32)
+        b = -0.3 * a + torch.randn(s, generator=g, dtype=torch.float32)  # conflicting: the branch is taken
+        g1.append(a.to(device=device, dtype=dtype))
+        g2.append(b.to(device=device, dtype=dtype))
+        out.append(torch.empty(s, device=device, dtype=dtype))
+    return g1, g2, out
+
+
+def implementations(device: torch.device, with_compile: bool) -> Dict[str, Callable]:
+    impls: Dict[str, Callable] = {}
+    for b in gh_kernels.available_backends():
+        if b == "torch":
+            continue
+        try:
+            gh_kernels.backends.resolve(b, device)
+        except (gh_kernels.BackendUnavailable, ValueError):
+            continue
+        if b == "triton" and device.type == "cpu":
+            continue  # the interpreter is a correctness tool, not a speed one
+        impls[f"gh_kernels[{b}]"] = (lambda b: lambda g1, g2, out: gh_kernels.harmonize(g1, g2, out=out, backend=b))(b)
+    impls["torch_best_effort"] = baselines.torch_best_effort
+    if with_compile:
+        compiled = torch.compile(lambda g1, g2, out: gh_kernels.harmonize(g1, g2, out=out, backend="torch"))
+        impls["torch_compile"] = compiled
+    impls["released_recipe"] = lambda g1, g2, out: baselines.released_recipe(g1, g2, out)
+    impls["pcgrad_style"] = baselines.pcgrad_style
+    return impls
+
+
+def bytes_model(name: str) -> int:
+    if name.startswith("gh_kernels") or name in ("torch_best_effort", "torch_compile"):
+        return 5
+    return baselines.BASELINE_BYTES_PER_ELEMENT[name]
+
+
+def time_it(fn: Callable[[], object], device: torch.device, min_time: float) -> Dict[str, float]:
+    """Median and 20/80% quantiles in ms, after warm-up."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        q20, med, q80 = do_bench(fn, warmup=max(25, int(min_time * 100)), rep=max(100, int(min_time * 1000)),
+                                 quantiles=[0.2, 0.5, 0.8])
+        return {"median_ms": med, "q20_ms": q20, "q80_ms": q80}
+    import torch.utils.benchmark as tb
+
+    fn()
+    m = tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time)
+    times = sorted(m.times)
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1e3
+    return {"median_ms": m.median * 1e3, "q20_ms": pick(0.2), "q80_ms": pick(0.8)}
+
+
+def copy_bandwidth(device: torch.device, n: int, min_time: float) -> float:
+    """GB/s of a large copy_ (bytes read + bytes written), measured in this run."""
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    t = time_it(lambda: dst.copy_(src), device, min_time)["median_ms"]
+    return 2 * n * 4 / (t * 1e-3) / 1e9
+
+
+def gpu_extra_memory(fn, device) -> float:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def cpu_extra_memory(case: str, n: int, dtype: str, impl: str) -> Optional[float]:
+    """Peak-RSS delta (MB) of one call, in a fresh subprocess (``python -m bench.micro --memcase``)."""
+    cmd = [sys.executable, "-m", "bench.micro", "--memcase", json.dumps([case, n, dtype, impl])]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+        return float(res.stdout.strip().splitlines()[-1])
+    except Exception:
+        return None
+
+
+def case_shapes(case: str, n: int):
+    return shapes.MODEL_LISTS[case]() if case in shapes.MODEL_LISTS else shapes.flat_sweep(n)
+
+
+def _memcase(arg: str) -> None:
+    case, n, dtype, impl = json.loads(arg)
+    device = torch.device("cpu")
+    g1, g2, out = make_lists(case_shapes(case, n), DTYPES[dtype], device)
+    fn = implementations(device, with_compile=False)[impl]
+    import psutil
+
+    base = psutil.Process().memory_info().rss
+    fn(g1, g2, out)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print((peak - base) / 2**20)
+
+
+def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_time: float, with_compile: bool,
+              memory: bool, log=print) -> List[dict]:
+    impls = implementations(device, with_compile)
+    rows = []
+    for case, n_req in cases:
+        shp = case_shapes(case, n_req)
+        n = shapes.numel(shp)
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            g1, g2, out = make_lists(shp, dtype, device)
+            elem = torch.finfo(dtype).bits // 8
+            case_rows = []
+            for name, fn in impls.items():
+                if name == "torch_compile" and (case == "many_tiny"):
+                    continue  # a 2,000-tensor graph takes minutes to compile; see the summary
+                call = (lambda fn=fn: fn(g1, g2, out))
+                try:
+                    t = time_it(call, device, min_time)
+                except Exception as e:  # report, do not hide
+                    log(f"  {case} {dname} {name}: failed: {type(e).__name__}: {e}")
+                    continue
+                row = {"case": case, "n": n, "tensors": len(shp), "dtype": dname, "impl": name, **t,
+                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{bytes_model(name)}N"}
+                if memory:
+                    if device.type == "cuda":
+                        row["extra_mem_mb"] = gpu_extra_memory(call, device)
+                    elif name != "torch_compile":
+                        row["extra_mem_mb"] = cpu_extra_memory(case, n_req, dname, name)
+                case_rows.append(row)
+                log(f"  {case:10s} N={n:>11,d} {dname:8s} {name:22s} {t['median_ms']:9.3f} ms  {row['gbps_5n']:7.1f} GB/s")
+            by = {r["impl"]: r["median_ms"] for r in case_rows}
+            for r in case_rows:
+                for base in ("released_recipe", "pcgrad_style", "torch_best_effort", "torch_compile"):
+                    if base in by:
+                        r[f"speedup_vs_{base}"] = by[base] / r["median_ms"]
+            rows += case_rows
+            del g1, g2, out
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--memcase":
+    _memcase(sys.argv[2])

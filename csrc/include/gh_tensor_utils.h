@@ -1,0 +1,118 @@
+// Torch-side helpers shared by the CPU and CUDA glue: argument checks and "flat" views.
+//
+// The kernels see every parameter as K (+1 for combine) flat arrays of one dtype that index
+// the same elements. A parameter whose tensors are all contiguous, or all dense with the same
+// strides (channels_last, transposed), is used in place; otherwise the inputs are copied to
+// contiguous tensors and a non-contiguous out is computed into a contiguous temporary and
+// copied back (documented; gradients are dense in practice).
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace gh {
+
+constexpr int kMaxSets = 4;  // backends.MAX_FAST_SETS
+
+struct FlatParam {
+  int64_t numel = 0;
+  at::ScalarType dtype = at::kFloat;
+  const void* in[kMaxSets] = {nullptr, nullptr, nullptr, nullptr};  // nullptr: that set has no gradient
+  void* out = nullptr;
+  std::vector<at::Tensor> keep_alive;  // contiguous copies made for this parameter
+  at::Tensor out_temp, out_target;     // out computed into out_temp, then copied into out_target
+};
+
+inline bool is_supported(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+
+// Validates the op arguments and returns one FlatParam per parameter.
+inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
+                                             at::TensorList out, bool with_out, c10::DeviceType device_type) {
+  TORCH_CHECK(num_sets >= 1 && num_sets <= kMaxSets, "gh_kernels: num_sets must be in [1, ", kMaxSets,
+              "] for the C++ kernels, got ", num_sets);
+  const int64_t total = static_cast<int64_t>(tensors.size());
+  TORCH_CHECK(total % num_sets == 0, "gh_kernels: tensors has ", total, " entries, not a multiple of num_sets=", num_sets);
+  const int64_t P = total / num_sets;
+  if (with_out) TORCH_CHECK(static_cast<int64_t>(out.size()) == P, "gh_kernels: out has ", out.size(), " tensors, expected ", P);
+  std::vector<FlatParam> params(P);
+  for (int64_t p = 0; p < P; ++p) {
+    FlatParam& fp = params[p];
+    std::vector<at::Tensor> ins(num_sets);
+    const at::Tensor* ref = nullptr;
+    for (int64_t k = 0; k < num_sets; ++k) {
+      std::optional<at::Tensor> t = tensors.get(k * P + p);
+      if (!t.has_value() || !t->defined()) continue;
+      ins[k] = *t;
+      TORCH_CHECK(t->device().type() == device_type, "gh_kernels: tensors[", k * P + p, "] is on ", t->device(),
+                  ", expected a ", c10::DeviceTypeName(device_type), " tensor");
+      TORCH_CHECK(is_supported(t->scalar_type()), "gh_kernels: tensors[", k * P + p, "] has dtype ", t->scalar_type(),
+                  "; supported: float32, bfloat16, float16");
+      if (ref == nullptr) {
+        ref = &ins[k];
+      } else {
+        TORCH_CHECK(t->sizes() == ref->sizes(), "gh_kernels: tensors[", k * P + p, "] has shape ", t->sizes(),
+                    " but another set has ", ref->sizes(), " for parameter ", p);
+        TORCH_CHECK(t->scalar_type() == ref->scalar_type(), "gh_kernels: tensors[", k * P + p, "] has dtype ",
+                    t->scalar_type(), " but another set has ", ref->scalar_type(), " for parameter ", p);
+        TORCH_CHECK(t->device() == ref->device(), "gh_kernels: tensors[", k * P + p, "] is on ", t->device(),
+                    " but another set is on ", ref->device());
+      }
+    }
+    at::Tensor o;
+    if (with_out) {
+      o = out[p];
+      TORCH_CHECK(o.defined(), "gh_kernels: out[", p, "] is undefined");
+      TORCH_CHECK(o.device().type() == device_type, "gh_kernels: out[", p, "] is on ", o.device());
+      TORCH_CHECK(is_supported(o.scalar_type()), "gh_kernels: out[", p, "] has dtype ", o.scalar_type());
+      if (ref != nullptr) {
+        TORCH_CHECK(o.sizes() == ref->sizes(), "gh_kernels: out[", p, "] has shape ", o.sizes(), " but the gradients have ", ref->sizes());
+        TORCH_CHECK(o.scalar_type() == ref->scalar_type(), "gh_kernels: out[", p, "] has dtype ", o.scalar_type(),
+                    " but the gradients have ", ref->scalar_type());
+        TORCH_CHECK(o.device() == ref->device(), "gh_kernels: out[", p, "] is on ", o.device(), " but the gradients are on ", ref->device());
+      }
+      ref = ref ? ref : &o;
+    }
+    if (ref == nullptr) continue;  // no set has this parameter and there is no out: nothing to do
+    fp.numel = ref->numel();
+    fp.dtype = ref->scalar_type();
+    if (fp.numel == 0) continue;
+    // Flat in place when every participant is dense with the same strides.
+    bool flat_ok = ref->is_non_overlapping_and_dense();
+    for (int64_t k = 0; k < num_sets && flat_ok; ++k)
+      if (ins[k].defined()) flat_ok = ins[k].is_non_overlapping_and_dense() && ins[k].strides() == ref->strides();
+    if (with_out && flat_ok) flat_ok = o.is_non_overlapping_and_dense() && o.strides() == ref->strides();
+    for (int64_t k = 0; k < num_sets; ++k) {
+      if (!ins[k].defined()) continue;
+      if (flat_ok || ins[k].is_contiguous()) {
+        fp.in[k] = ins[k].data_ptr();
+      } else {
+        fp.keep_alive.push_back(ins[k].contiguous());
+        fp.in[k] = fp.keep_alive.back().data_ptr();
+      }
+    }
+    if (with_out) {
+      if (flat_ok || o.is_contiguous()) {
+        fp.out = o.data_ptr();
+      } else {
+        // Same layout as the (now contiguous) inputs; starts as a copy of out for accumulate/alias.
+        fp.out_temp = o.contiguous();
+        fp.out_target = o;
+        fp.out = fp.out_temp.data_ptr();
+        // An input that is this very out must be read from the same temporary.
+        for (int64_t k = 0; k < num_sets; ++k)
+          if (ins[k].defined() && ins[k].is_same(o)) fp.in[k] = fp.out;
+      }
+    }
+  }
+  return params;
+}
+
+inline void finish_out(std::vector<FlatParam>& params) {
+  for (auto& fp : params)
+    if (fp.out_target.defined()) fp.out_target.copy_(fp.out_temp);
+}
+
+}  // namespace gh

@@ -1,0 +1,81 @@
+"""Shared test helpers. Triton runs on CPU tensors through its interpreter in these tests."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede any triton import
+
+import pytest
+import torch
+
+import gh_kernels
+from gh_kernels import backends
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def cpu_backends():
+    """Backends that can run CPU tensors here (torch always; cpu with the extension; triton interpreted)."""
+    names = []
+    for name in ("torch", "cpu", "triton"):
+        try:
+            backends.resolve(name, torch.device("cpu"))
+            names.append(name)
+        except (backends.BackendUnavailable, ValueError):
+            pass
+    return names
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", cpu_backends())
+
+
+def make_set(sizes, dtype=torch.float32, generator=None, scale=1.0, device="cpu"):
+    """Random gradient set; an int size gives a 1-d tensor, a tuple a tensor of that shape."""
+    out = []
+    for s in sizes:
+        shape = (s,) if isinstance(s, int) else tuple(s)
+        out.append((torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(dtype).to(device))
+    return out
+
+
+def conflicting_pair(sizes, dtype, generator, strength=0.6):
+    """Two sets with a negative inner product (g2 = -strength*g1 + noise)."""
+    g1 = make_set(sizes, torch.float32, generator)
+    noise = make_set(sizes, torch.float32, generator)
+    g2 = [-strength * a + 0.5 * b for a, b in zip(g1, noise)]
+    return [a.to(dtype) for a in g1], [b.to(dtype) for b in g2]
+
+
+def plain_torch_gram(sets, dtype):
+    """What plain torch computes at the input dtype: flatten, cat, dot (result rounded to dtype)."""
+    like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(len(sets[0]))]
+    flats = []
+    for s in sets:
+        parts = [(t if t is not None else torch.zeros_like(r)).reshape(-1).to(dtype) for t, r in zip(s, like) if r is not None]
+        flats.append(torch.cat(parts))
+    K = len(sets)
+    G = torch.zeros(K, K, dtype=torch.float64)
+    for i in range(K):
+        for j in range(K):
+            G[i, j] = torch.dot(flats[i], flats[j]).double()
+    return G
+
+
+def assert_field_error(actual, ref, baseline, floor, what=""):
+    """Error against float64 at most twice plain torch's error at the same dtype, plus a floor."""
+    actual, ref, baseline = actual.double().cpu(), ref.double().cpu(), baseline.double().cpu()
+    assert torch.isfinite(actual).all(), f"{what}: non-finite result"
+    err = (actual - ref).abs().max().item() if ref.numel() else 0.0
+    base = (baseline - ref).abs().max().item() if ref.numel() else 0.0
+    assert err <= 2 * base + floor, f"{what}: error {err:.3e} > 2 x plain-torch error {base:.3e} + floor {floor:.3e}"
+
+
+EPS = {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+@pytest.fixture
+def gen():
+    """A fresh, randomly seeded generator per test (failure messages print gen.initial_seed())."""
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    g = torch.Generator().manual_seed(seed)
+    return g

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine (the README's two commands start with it):
+#  - torch: reuse the installed one; if there is none, the pinned CPU wheel torch==2.13.0
+#    (an unpinned "torch" would download a multi-GB CUDA build);
+#  - test/benchmark/demo dependencies (Triton runs on CPU tensors via TRITON_INTERPRET=1);
+#  - this package, built against that torch (--no-build-isolation) with its C++ extension.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install --quiet torch==2.13.0
+fi
+missing=()
+for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton; do
+  "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  pkgs=()
+  for mod in "${missing[@]}"; do
+    case "$mod" in
+      sklearn) pkgs+=(scikit-learn) ;;
+      triton) pkgs+=(triton==3.9.0) ;;
+      *) pkgs+=("$mod") ;;
+    esac
+  done
+  "$PY" -m pip install --quiet "${pkgs[@]}"
+fi
+"$PY" -m pip install --quiet setuptools wheel
+MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation -e .
+"$PY" -c "import gh_kernels as g; print('gh_kernels', g.__version__, 'backends:', g.available_backends(), '' if g.extension_error() is None else '(' + g.extension_error() + ')')"
