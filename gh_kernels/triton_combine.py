@@ -1,0 +1,87 @@
+"""Triton combine pass: ``out = sum_k w[k] * x_k (+ out)``, one launch per dtype group.
+
+The weights are read from device memory in each program's prologue (no host sync). Elements are
+read before they are written, so ``out`` may be one of the inputs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_worklist as wl
+from ._flat import finish, flat_params
+from .triton_gram import TL_DTYPES, _ptr, _val
+
+
+@triton.jit
+def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask,
+                  K: tl.constexpr, DTYPE: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr):
+    y = w0 * _val(p0, offs, mask, h0, MASKED)
+    if K >= 2:
+        y += w1 * _val(p1, offs, mask, h1, MASKED)
+    if K >= 3:
+        y += w2 * _val(p2, offs, mask, h2, MASKED)
+    if K >= 4:
+        y += w3 * _val(p3, offs, mask, h3, MASKED)
+    if ACCUMULATE:
+        y += _val(po, offs, mask, True, MASKED)
+    if MASKED:
+        tl.store(po + offs, y.to(DTYPE), mask=mask)
+    else:
+        tl.store(po + offs, y.to(DTYPE))
+
+
+@triton.jit
+def _combine_kernel(table, weights, K: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                    ALIGNED: tl.constexpr, ACCUMULATE: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    row = table + pid * 8
+    start = tl.load(row + 5)
+    length = tl.load(row + 6)
+    bits = tl.load(row + 7)
+    if ALIGNED:
+        start = tl.multiple_of(start, 16)
+    p0 = _ptr(row, 0, start, DTYPE, ALIGNED)
+    p1 = _ptr(row, 1, start, DTYPE, ALIGNED) if K >= 2 else p0
+    p2 = _ptr(row, 2, start, DTYPE, ALIGNED) if K >= 3 else p0
+    p3 = _ptr(row, 3, start, DTYPE, ALIGNED) if K >= 4 else p0
+    po = _ptr(row, 4, start, DTYPE, ALIGNED)
+    h0 = (bits & 1) != 0
+    h1 = (bits & 2) != 0
+    h2 = (bits & 4) != 0
+    h3 = (bits & 8) != 0
+    w0 = tl.load(weights)
+    w1 = tl.load(weights + 1) if K >= 2 else w0
+    w2 = tl.load(weights + 2) if K >= 3 else w0
+    w3 = tl.load(weights + 3) if K >= 4 else w0
+    r = tl.arange(0, BLOCK)
+    n_full = length // BLOCK
+    for i in range(0, n_full):
+        _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, i * BLOCK + r, None,
+                      K, DTYPE, ACCUMULATE, False)
+    offs = n_full * BLOCK + r
+    _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, offs < length,
+                  K, DTYPE, ACCUMULATE, True)
+
+
+def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
+             weights: torch.Tensor, accumulate: bool) -> None:
+    """In-place combine (op ``gh_kernels::combine_``) with the Triton kernel."""
+    if not 1 <= num_sets <= wl.MAX_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {wl.MAX_SETS} gradient sets, got {num_sets}")
+    if len(out) == 0:
+        return
+    device = out[0].device
+    w = weights.to(device=device, dtype=torch.float32).contiguous()
+    params = flat_params(tensors, num_sets, out)
+    for fp in params:  # a parameter no set reaches: out = 0 (or unchanged when accumulating)
+        if fp.numel and all(t is None for t in fp.ins) and not accumulate:
+            fp.out.zero_()
+    launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
+    for L in launches:
+        _combine_kernel[(L.items,)](L.table, w, K=num_sets, DTYPE=TL_DTYPES[L.dtype], BLOCK=cfg.block,
+                                    ALIGNED=L.aligned, ACCUMULATE=bool(accumulate), num_warps=4)
+    finish(params)

@@ -1,0 +1,143 @@
+"""Triton Gram pass: one launch per dtype group over a work list of (tensor, chunk) items.
+
+Each program reads its chunk of every set once, accumulates all K(K+1)/2 products in float32
+(``BLOCK``-wide accumulators, 16-byte vector loads when every pointer is 16-byte aligned) and
+writes them into its own row of ``partials`` (fixed slots). ``_gram_finalize`` then sums the
+rows in a fixed order in float64: deterministic, no atomics. Partials use the K = 4 pair order
+(0,0),(0,1),(0,2),(0,3),(1,1),(1,2),(1,3),(2,2),(2,3),(3,3); pairs beyond K stay zero.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_worklist as wl
+from ._flat import flat_params
+
+NUM_PAIRS = 10
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _ptr(row, col: tl.constexpr, start, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    addr = tl.load(row + col)
+    if ALIGNED:
+        addr = tl.multiple_of(addr, 16)
+    return addr.to(tl.pointer_type(DTYPE)) + start
+
+
+@triton.jit
+def _val(ptr, offs, mask, has, MASKED: tl.constexpr):
+    if MASKED:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    # A set without this gradient points at another set's memory; its values count as 0.
+    return tl.where(has, x.to(tl.float32), 0.0)
+
+
+@triton.jit
+def _gram_tile(p0, p1, p2, p3, h0, h1, h2, h3, offs, mask,
+               a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K: tl.constexpr, MASKED: tl.constexpr):
+    x0 = _val(p0, offs, mask, h0, MASKED)
+    a00 += x0 * x0
+    if K >= 2:
+        x1 = _val(p1, offs, mask, h1, MASKED)
+        a01 += x0 * x1
+        a11 += x1 * x1
+    if K >= 3:
+        x2 = _val(p2, offs, mask, h2, MASKED)
+        a02 += x0 * x2
+        a12 += x1 * x2
+        a22 += x2 * x2
+    if K >= 4:
+        x3 = _val(p3, offs, mask, h3, MASKED)
+        a03 += x0 * x3
+        a13 += x1 * x3
+        a23 += x2 * x3
+        a33 += x3 * x3
+    return a00, a01, a02, a03, a11, a12, a13, a22, a23, a33
+
+
+@triton.jit
+def _gram_partials_kernel(table, partials, slot_base, K: tl.constexpr, DTYPE: tl.constexpr,
+                          BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    row = table + pid * 8
+    start = tl.load(row + 5)
+    length = tl.load(row + 6)
+    bits = tl.load(row + 7)
+    if ALIGNED:
+        start = tl.multiple_of(start, 16)
+    p0 = _ptr(row, 0, start, DTYPE, ALIGNED)
+    p1 = _ptr(row, 1, start, DTYPE, ALIGNED) if K >= 2 else p0
+    p2 = _ptr(row, 2, start, DTYPE, ALIGNED) if K >= 3 else p0
+    p3 = _ptr(row, 3, start, DTYPE, ALIGNED) if K >= 4 else p0
+    h0 = (bits & 1) != 0
+    h1 = (bits & 2) != 0
+    h2 = (bits & 4) != 0
+    h3 = (bits & 8) != 0
+    z = tl.zeros([BLOCK], dtype=tl.float32)
+    a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = z, z, z, z, z, z, z, z, z, z
+    r = tl.arange(0, BLOCK)
+    n_full = length // BLOCK
+    for i in range(0, n_full):  # full tiles: unmasked, vectorizable loads
+        a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = _gram_tile(
+            p0, p1, p2, p3, h0, h1, h2, h3, i * BLOCK + r, None,
+            a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K, False)
+    offs = n_full * BLOCK + r
+    a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = _gram_tile(
+        p0, p1, p2, p3, h0, h1, h2, h3, offs, offs < length,
+        a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K, True)
+    out = partials + (slot_base + pid) * 10
+    tl.store(out + 0, tl.sum(a00, axis=0))
+    tl.store(out + 1, tl.sum(a01, axis=0))
+    tl.store(out + 2, tl.sum(a02, axis=0))
+    tl.store(out + 3, tl.sum(a03, axis=0))
+    tl.store(out + 4, tl.sum(a11, axis=0))
+    tl.store(out + 5, tl.sum(a12, axis=0))
+    tl.store(out + 6, tl.sum(a13, axis=0))
+    tl.store(out + 7, tl.sum(a22, axis=0))
+    tl.store(out + 8, tl.sum(a23, axis=0))
+    tl.store(out + 9, tl.sum(a33, axis=0))
+
+
+@triton.jit
+def _gram_finalize_kernel(partials, G, items, K: tl.constexpr, RBLOCK: tl.constexpr):
+    """Sums the partial rows in a fixed order (float64) and writes the symmetric K x K matrix."""
+    cols = tl.arange(0, 16)
+    acc = tl.zeros([RBLOCK, 16], dtype=tl.float64)
+    rows = tl.arange(0, RBLOCK)
+    for base in range(0, items, RBLOCK):
+        r = base + rows
+        m = (r[:, None] < items) & (cols[None, :] < 10)
+        acc += tl.load(partials + r[:, None] * 10 + cols[None, :], mask=m, other=0.0).to(tl.float64)
+    v = tl.sum(acc, axis=0).to(tl.float32)
+    # column -> (i, j) in the K = 4 pair order
+    i = (cols >= 4).to(tl.int32) + (cols >= 7).to(tl.int32) + (cols >= 9).to(tl.int32)
+    first = tl.where(i == 0, 0, tl.where(i == 1, 4, tl.where(i == 2, 7, 9)))
+    j = cols - first + i
+    valid = (cols < 10) & (i < K) & (j < K)
+    tl.store(G + i * K + j, v, mask=valid)
+    tl.store(G + j * K + i, v, mask=valid)
+
+
+def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
+    """K x K float32 Gram matrix (op ``gh_kernels::gram``) with the Triton kernels."""
+    if not 1 <= num_sets <= wl.MAX_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {wl.MAX_SETS} gradient sets, got {num_sets}")
+    device = next(t.device for t in tensors if t is not None)
+    params = flat_params(tensors, num_sets)
+    launches, items, cfg = wl.build(params, num_sets, device, with_out=False)
+    partials = torch.empty((max(items, 1), NUM_PAIRS), dtype=torch.float32, device=device)
+    G = torch.zeros((num_sets, num_sets), dtype=torch.float32, device=device)
+    for L in launches:
+        _gram_partials_kernel[(L.items,)](L.table, partials, L.slot_base, K=num_sets, DTYPE=TL_DTYPES[L.dtype],
+                                          BLOCK=cfg.block, ALIGNED=L.aligned, num_warps=4)
+    if items:
+        _gram_finalize_kernel[(1,)](partials, G, items, K=num_sets, RBLOCK=64 if device.type == "cuda" else 16, num_warps=4)
+    del params  # contiguous copies (if any) lived until the launches were queued
+    return G

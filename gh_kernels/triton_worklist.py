@@ -1,0 +1,94 @@
+"""Work lists for the multi-tensor Triton kernels: one row per (tensor, chunk) work item.
+
+Row layout (int64, ``ROW`` = 8 columns): ``[ptr_0, ptr_1, ptr_2, ptr_3, ptr_out, start, length,
+present_bits]``. A set that has no gradient for a parameter gets another set's pointer (always
+valid memory of the same length) and a 0 bit: the kernels replace its values by 0. Rows are
+grouped by dtype (one launch per group) and split into launches of at most
+``max_items_per_launch`` rows. Chunking depends only on the tensor sizes, so the same inputs
+always give the same work split and, with fixed-slot partials, bitwise-identical results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+from ._flat import FlatParam
+
+ROW = 8
+MAX_SETS = 4
+
+
+@dataclass
+class Config:
+    block: int = 1024                # elements per inner iteration of one program
+    min_chunk: int = 16384           # elements per work item, at least
+    max_chunk: int = 1 << 20         # ... and at most
+    programs_per_sm: int = 16        # target programs per multiprocessor for the largest lists
+    max_items_per_launch: int = 1 << 20
+
+
+#: CPU tensors run under the Triton interpreter: tiny blocks exercise the chunk logic cheaply.
+INTERPRETER_CONFIG = Config(block=64, min_chunk=256, max_chunk=256, programs_per_sm=1, max_items_per_launch=64)
+GPU_CONFIG = Config()
+
+
+def config_for(device: torch.device) -> Config:
+    return GPU_CONFIG if device.type == "cuda" else INTERPRETER_CONFIG
+
+
+def chunk_size(total: int, device: torch.device, cfg: Config) -> int:
+    if device.type != "cuda":
+        return cfg.min_chunk
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    target = max(1, total // (sms * cfg.programs_per_sm))
+    chunk = cfg.min_chunk
+    while chunk < target and chunk < cfg.max_chunk:
+        chunk *= 2
+    return chunk
+
+
+@dataclass
+class Launch:
+    dtype: torch.dtype
+    table: torch.Tensor       # (items, ROW) int64 on the device
+    items: int
+    aligned: bool             # every pointer 16-byte aligned: the kernel may assume 16-byte vectors
+    slot_base: int            # first partial-sum slot of this launch
+
+
+def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out: bool) -> (List[Launch], int, Config):
+    """Rows for every non-empty parameter; returns the launches, the total rows, and the config."""
+    cfg = config_for(device)
+    total = sum(fp.numel for fp in params)
+    chunk = chunk_size(total, device, cfg)
+    groups: Dict[torch.dtype, List[List[int]]] = {}
+    aligned: Dict[torch.dtype, bool] = {}
+    for fp in params:
+        if fp.numel == 0:
+            continue
+        present = [t for t in fp.ins if t is not None]
+        if not present and not with_out:
+            continue
+        sub = present[0] if present else fp.out
+        ptrs = [(t if t is not None else sub).data_ptr() for t in fp.ins] + [0] * (MAX_SETS - num_sets)
+        bits = sum(1 << k for k, t in enumerate(fp.ins) if t is not None)
+        out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else 0
+        rows = groups.setdefault(fp.dtype, [])
+        elem = fp.out.element_size() if with_out else sub.element_size()
+        ok = all(p % 16 == 0 for p in ptrs[:num_sets] + ([out_ptr] if with_out else []))
+        aligned[fp.dtype] = aligned.get(fp.dtype, True) and ok and (chunk * elem) % 16 == 0
+        for start in range(0, fp.numel, chunk):
+            rows.append(ptrs + [out_ptr, start, min(chunk, fp.numel - start), bits])
+    launches, slot = [], 0
+    pin = device.type == "cuda"
+    for dtype, rows in groups.items():
+        for s in range(0, len(rows), cfg.max_items_per_launch):
+            part = rows[s:s + cfg.max_items_per_launch]
+            table = torch.tensor(part, dtype=torch.int64)
+            if pin:
+                table = table.pin_memory().to(device, non_blocking=True)  # async: no host sync
+            launches.append(Launch(dtype, table, len(part), aligned[dtype], slot))
+            slot += len(part)
+    return launches, slot, cfg
