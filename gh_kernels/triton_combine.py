@@ -13,12 +13,12 @@ import triton.language as tl
 
 from . import triton_worklist as wl
 from ._flat import finish, flat_params
-from .triton_gram import TL_DTYPES, _ptr, _val
+from .triton_gram import _load_f32, _ptr, _val
 
 
 @triton.jit
 def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask,
-                  K: tl.constexpr, DTYPE: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr):
+                  K: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr):
     y = w0 * _val(p0, offs, mask, h0, MASKED)
     if K >= 2:
         y += w1 * _val(p1, offs, mask, h1, MASKED)
@@ -27,44 +27,54 @@ def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask
     if K >= 4:
         y += w3 * _val(p3, offs, mask, h3, MASKED)
     if ACCUMULATE:
-        y += _val(po, offs, mask, True, MASKED)
+        y += _load_f32(po, offs, mask, MASKED)
     if MASKED:
-        tl.store(po + offs, y.to(DTYPE), mask=mask)
+        tl.store(po + offs, y.to(po.dtype.element_ty), mask=mask)
     else:
-        tl.store(po + offs, y.to(DTYPE))
+        tl.store(po + offs, y.to(po.dtype.element_ty))
 
 
 @triton.jit
-def _combine_kernel(table, weights, K: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                    ALIGNED: tl.constexpr, ACCUMULATE: tl.constexpr):
+def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
+                    ALIGNED: tl.constexpr, VEC: tl.constexpr, ACCUMULATE: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * 8
     start = tl.load(row + 5)
     length = tl.load(row + 6)
     bits = tl.load(row + 7)
-    if ALIGNED:
-        start = tl.multiple_of(start, 16)
-    p0 = _ptr(row, 0, start, DTYPE, ALIGNED)
-    p1 = _ptr(row, 1, start, DTYPE, ALIGNED) if K >= 2 else p0
-    p2 = _ptr(row, 2, start, DTYPE, ALIGNED) if K >= 3 else p0
-    p3 = _ptr(row, 3, start, DTYPE, ALIGNED) if K >= 4 else p0
-    po = _ptr(row, 4, start, DTYPE, ALIGNED)
+    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if K >= 2:
+        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
+    if K >= 3:
+        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
+    if K >= 4:
+        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
+    po = _ptr(row, 4, start, base, ALIGNED, VEC)
     h0 = (bits & 1) != 0
     h1 = (bits & 2) != 0
     h2 = (bits & 4) != 0
     h3 = (bits & 8) != 0
     w0 = tl.load(weights)
-    w1 = tl.load(weights + 1) if K >= 2 else w0
-    w2 = tl.load(weights + 2) if K >= 3 else w0
-    w3 = tl.load(weights + 3) if K >= 4 else w0
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if K >= 2:
+        w1 = tl.load(weights + 1)
+    if K >= 3:
+        w2 = tl.load(weights + 2)
+    if K >= 4:
+        w3 = tl.load(weights + 3)
     r = tl.arange(0, BLOCK)
     n_full = length // BLOCK
     for i in range(0, n_full):
         _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, i * BLOCK + r, None,
-                      K, DTYPE, ACCUMULATE, False)
+                      K, ACCUMULATE, False)
     offs = n_full * BLOCK + r
     _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, offs < length,
-                  K, DTYPE, ACCUMULATE, True)
+                  K, ACCUMULATE, True)
 
 
 def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
@@ -82,6 +92,6 @@ def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tenso
             fp.out.zero_()
     launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
     for L in launches:
-        _combine_kernel[(L.items,)](L.table, w, K=num_sets, DTYPE=TL_DTYPES[L.dtype], BLOCK=cfg.block,
-                                    ALIGNED=L.aligned, ACCUMULATE=bool(accumulate), num_warps=4)
+        _combine_kernel[(L.items,)](L.table, L.base, w, K=num_sets, BLOCK=cfg.block, ALIGNED=L.aligned,
+                                    VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=4)
     finish(params)

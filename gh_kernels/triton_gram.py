@@ -18,31 +18,37 @@ from . import triton_worklist as wl
 from ._flat import flat_params
 
 NUM_PAIRS = 10
-TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit
-def _ptr(row, col: tl.constexpr, start, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    addr = tl.load(row + col)
+def _ptr(row, col: tl.constexpr, start, base, ALIGNED: tl.constexpr, VEC: tl.constexpr):
+    off = tl.load(row + col) + start
     if ALIGNED:
-        addr = tl.multiple_of(addr, 16)
-    return addr.to(tl.pointer_type(DTYPE)) + start
+        off = tl.multiple_of(off, VEC)  # 16 bytes: lets Triton emit 16-byte vector loads
+    return base + off
 
 
 @triton.jit
-def _val(ptr, offs, mask, has, MASKED: tl.constexpr):
+def _load_f32(ptr, offs, mask, MASKED: tl.constexpr):
     if MASKED:
         x = tl.load(ptr + offs, mask=mask, other=0.0)
     else:
         x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _val(ptr, offs, mask, has, MASKED: tl.constexpr):
     # A set without this gradient points at another set's memory; its values count as 0.
-    return tl.where(has, x.to(tl.float32), 0.0)
+    return tl.where(has, _load_f32(ptr, offs, mask, MASKED), 0.0)
 
 
 @triton.jit
 def _gram_tile(p0, p1, p2, p3, h0, h1, h2, h3, offs, mask,
                a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K: tl.constexpr, MASKED: tl.constexpr):
     x0 = _val(p0, offs, mask, h0, MASKED)
+    x1 = x0
+    x2 = x0
     a00 += x0 * x0
     if K >= 2:
         x1 = _val(p1, offs, mask, h1, MASKED)
@@ -63,19 +69,23 @@ def _gram_tile(p0, p1, p2, p3, h0, h1, h2, h3, offs, mask,
 
 
 @triton.jit
-def _gram_partials_kernel(table, partials, slot_base, K: tl.constexpr, DTYPE: tl.constexpr,
-                          BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
+                          BLOCK: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * 8
     start = tl.load(row + 5)
     length = tl.load(row + 6)
     bits = tl.load(row + 7)
-    if ALIGNED:
-        start = tl.multiple_of(start, 16)
-    p0 = _ptr(row, 0, start, DTYPE, ALIGNED)
-    p1 = _ptr(row, 1, start, DTYPE, ALIGNED) if K >= 2 else p0
-    p2 = _ptr(row, 2, start, DTYPE, ALIGNED) if K >= 3 else p0
-    p3 = _ptr(row, 3, start, DTYPE, ALIGNED) if K >= 4 else p0
+    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if K >= 2:
+        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
+    if K >= 3:
+        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
+    if K >= 4:
+        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
     h0 = (bits & 1) != 0
     h1 = (bits & 2) != 0
     h2 = (bits & 4) != 0
@@ -135,8 +145,8 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     partials = torch.empty((max(items, 1), NUM_PAIRS), dtype=torch.float32, device=device)
     G = torch.zeros((num_sets, num_sets), dtype=torch.float32, device=device)
     for L in launches:
-        _gram_partials_kernel[(L.items,)](L.table, partials, L.slot_base, K=num_sets, DTYPE=TL_DTYPES[L.dtype],
-                                          BLOCK=cfg.block, ALIGNED=L.aligned, num_warps=4)
+        _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=cfg.block,
+                                          ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=4)
     if items:
         _gram_finalize_kernel[(1,)](partials, G, items, K=num_sets, RBLOCK=64 if device.type == "cuda" else 16, num_warps=4)
     del params  # contiguous copies (if any) lived until the launches were queued

@@ -41,7 +41,8 @@ def _weights_kernel(G, W, kappa, METHOD: tl.constexpr, MIN_SIN: tl.constexpr):
     n1sq = tl.load(G)
     c = tl.load(G + 1)
     n2sq = tl.load(G + 3)
-    finite = (tl.abs(n1sq) < float("inf")) & (tl.abs(c) < float("inf")) & (tl.abs(n2sq) < float("inf"))
+    big = 3.4028234663852886e38  # float32 max: |x| <= big is false for inf and NaN
+    finite = (tl.abs(n1sq) <= big) & (tl.abs(c) <= big) & (tl.abs(n2sq) <= big)
     conflict = finite & (c < 0.0)
     n1s = tl.where(n1sq > 0.0, n1sq, 1.0)
     n2s = tl.where(n2sq > 0.0, n2sq, 1.0)

@@ -1,8 +1,11 @@
 """Work lists for the multi-tensor Triton kernels: one row per (tensor, chunk) work item.
 
-Row layout (int64, ``ROW`` = 8 columns): ``[ptr_0, ptr_1, ptr_2, ptr_3, ptr_out, start, length,
-present_bits]``. A set that has no gradient for a parameter gets another set's pointer (always
-valid memory of the same length) and a 0 bit: the kernels replace its values by 0. Rows are
+Row layout (int64, ``ROW`` = 8 columns): ``[off_0, off_1, off_2, off_3, off_out, start, length,
+present_bits]``, where ``off_k`` is the tensor's address relative to the launch's ``base`` tensor,
+in elements. Offsets from a typed base pointer (rather than raw addresses cast to pointers) let
+Triton prove 16-byte alignment and emit 16-byte vector loads. A set that has no gradient for a
+parameter gets another set's offset (valid memory of the same length) and a 0 bit: the kernels
+replace its values by 0. Rows are
 grouped by dtype (one launch per group) and split into launches of at most
 ``max_items_per_launch`` rows. Chunking depends only on the tensor sizes, so the same inputs
 always give the same work split and, with fixed-slot partials, bitwise-identical results.
@@ -52,6 +55,7 @@ def chunk_size(total: int, device: torch.device, cfg: Config) -> int:
 @dataclass
 class Launch:
     dtype: torch.dtype
+    base: torch.Tensor        # every pointer of the launch is base.data_ptr() + offset * element size
     table: torch.Tensor       # (items, ROW) int64 on the device
     items: int
     aligned: bool             # every pointer 16-byte aligned: the kernel may assume 16-byte vectors
@@ -64,6 +68,7 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
     total = sum(fp.numel for fp in params)
     chunk = chunk_size(total, device, cfg)
     groups: Dict[torch.dtype, List[List[int]]] = {}
+    bases: Dict[torch.dtype, torch.Tensor] = {}
     aligned: Dict[torch.dtype, bool] = {}
     for fp in params:
         if fp.numel == 0:
@@ -72,15 +77,17 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
         if not present and not with_out:
             continue
         sub = present[0] if present else fp.out
-        ptrs = [(t if t is not None else sub).data_ptr() for t in fp.ins] + [0] * (MAX_SETS - num_sets)
+        base = bases.setdefault(fp.dtype, sub)
+        elem = sub.element_size()
+        ptrs = [(t if t is not None else sub).data_ptr() for t in fp.ins] + [sub.data_ptr()] * (MAX_SETS - num_sets)
+        out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else base.data_ptr()
         bits = sum(1 << k for k, t in enumerate(fp.ins) if t is not None)
-        out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else 0
-        rows = groups.setdefault(fp.dtype, [])
-        elem = fp.out.element_size() if with_out else sub.element_size()
-        ok = all(p % 16 == 0 for p in ptrs[:num_sets] + ([out_ptr] if with_out else []))
+        ok = all(p % 16 == 0 for p in ptrs[:num_sets] + [out_ptr, base.data_ptr()])
         aligned[fp.dtype] = aligned.get(fp.dtype, True) and ok and (chunk * elem) % 16 == 0
+        offs = [(p - base.data_ptr()) // elem for p in ptrs + [out_ptr]]
+        rows = groups.setdefault(fp.dtype, [])
         for start in range(0, fp.numel, chunk):
-            rows.append(ptrs + [out_ptr, start, min(chunk, fp.numel - start), bits])
+            rows.append(offs + [start, min(chunk, fp.numel - start), bits])
     launches, slot = [], 0
     pin = device.type == "cuda"
     for dtype, rows in groups.items():
@@ -89,6 +96,6 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
             table = torch.tensor(part, dtype=torch.int64)
             if pin:
                 table = table.pin_memory().to(device, non_blocking=True)  # async: no host sync
-            launches.append(Launch(dtype, table, len(part), aligned[dtype], slot))
+            launches.append(Launch(dtype, bases[dtype], table, len(part), aligned[dtype], slot))
             slot += len(part)
     return launches, slot, cfg

@@ -4,19 +4,11 @@
 
 #include <string>
 
-#include "gh_weights.h"
+#include "gh_tensor_utils.h"
 
 namespace gh {
 namespace cpu {
 namespace {
-
-int method_code(c10::string_view method) {
-  if (method == "sum") return kSum;
-  if (method == "gh") return kGH;
-  if (method == "gh++") return kGHPP;
-  if (method == "gh++released") return kGHPPReleased;
-  TORCH_CHECK(false, "gh_kernels: method must be one of 'sum', 'gh', 'gh++', 'gh++released'; got '", std::string(method), "'");
-}
 
 at::Tensor weights_cpu(const at::Tensor& gram, c10::string_view method, double kappa) {
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == 2 && gram.size(1) == 2, "gh_kernels: gram must have shape (2, 2), got ", gram.sizes());

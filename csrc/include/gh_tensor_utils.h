@@ -13,7 +13,18 @@
 #include <string>
 #include <vector>
 
+#include "gh_weights.h"
+
 namespace gh {
+
+// The method name of the weights op -> gh_weights.h code (the order of gh_kernels.methods.METHODS).
+inline int method_code(c10::string_view method) {
+  if (method == "sum") return kSum;
+  if (method == "gh") return kGH;
+  if (method == "gh++") return kGHPP;
+  if (method == "gh++released") return kGHPPReleased;
+  TORCH_CHECK(false, "gh_kernels: method must be one of 'sum', 'gh', 'gh++', 'gh++released'; got '", std::string(method), "'");
+}
 
 constexpr int kMaxSets = 4;  // backends.MAX_FAST_SETS
 

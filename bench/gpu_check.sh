@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on the device machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
+# CUDA extension, run the CUDA tests, run the GPU benchmark, then the CPU suite if time allows.
+# Everything is logged to $OUT/gpu_check.log; benchmark outputs land in $OUT/bench/.
+#   usage (device tool): bash bench/gpu_check.sh            [phases: build tests bench cpu-tests]
+set -uo pipefail
+OUT=${OUT:-/tmp/gh_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+PHASES=${*:-build tests bench cpu-tests}
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$LOG") 2>&1
+echo "== gpu_check $(date -u +%FT%TZ) phases: $PHASES"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
+
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+if has build; then
+  echo "== build (CUDA extension, sm_90)"
+  t0=$(date +%s)
+  MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 GH_KERNELS_BUILD_EXT=1 timeout 400 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+  rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -5 "$OUT/build.log"
+  python3 -c "import gh_kernels as g; print('backends', g.available_backends(), g.extension_error())"
+fi
+if has tests; then
+  echo "== CUDA tests (Triton compiled for the GPU)"
+  TRITON_INTERPRET=0 timeout 300 python3 -m pytest -q -x tests/test_cuda.py -p no:cacheprovider 2>&1 | tail -25
+fi
+if has bench; then
+  echo "== benchmark"
+  timeout 420 python3 -m bench --device cuda --out "$OUT/bench" 2>&1 | grep -v "^  " | tail -80
+fi
+if has cpu-tests; then
+  echo "== CPU suite (interpreter) on the device machine's torch/Triton"
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider --ignore=tests/test_cuda.py 2>&1 | tail -8
+fi
+echo "== done $(date -u +%FT%TZ)"

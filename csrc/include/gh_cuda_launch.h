@@ -1,0 +1,43 @@
+// Launchers of the CUDA kernels (csrc/cuda/*.cu). Plain C++ and CUDA runtime types only, no
+// torch headers: the .cu files compile with plain nvcc, and the torch glue (ops_cuda.cpp)
+// builds the work list and calls these.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace gh {
+namespace cuda {
+
+constexpr int kMaxSets = 4;
+constexpr int kNumPairs = 10;  // partial-sum columns, the K = 4 pair order (0,0),(0,1),...,(3,3)
+
+enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// One work item: a chunk [start, start + len) of one parameter. A set without a gradient for
+// this parameter points at another set's memory and has its bit in `present` cleared: the
+// kernels use 0 for its values. `aligned`: every pointer + start is 16-byte aligned.
+struct WorkItem {
+  const void* in[kMaxSets];
+  void* out;
+  int64_t start;
+  int64_t len;
+  uint32_t present;
+  uint32_t aligned;
+};
+static_assert(sizeof(WorkItem) == 64, "WorkItem layout is shared with the host glue");
+
+// Per-item partial sums: partials[item * kNumPairs + pair], one block per item.
+cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype,
+                                 float* partials, cudaStream_t stream);
+// Fixed-order float64 sum of the partial rows into the symmetric num_sets x num_sets matrix G.
+cudaError_t launch_gram_finalize(const float* partials, int64_t num_items, int num_sets, float* G,
+                                 cudaStream_t stream);
+// out = sum_k w[k] * in_k (+ out), weights read from device memory.
+cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const float* weights,
+                           bool accumulate, cudaStream_t stream);
+// (w1, w2) from the 2x2 Gram matrix G (gh_weights.h), one thread.
+cudaError_t launch_weights(const float* G, float* w, int method, float kappa, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace gh

@@ -1,0 +1,69 @@
+"""Compile every Triton kernel variant for sm_90 without a GPU (Triton ships ptxas) and check the
+PTX: aligned variants must use 16-byte vector loads. Exit status 0 when all is well.
+
+Run with TRITON_INTERPRET unset (the interpreter replaces the JIT). Used by tests/test_triton_compile.py.
+"""
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    sys.exit("check_triton_compile: unset TRITON_INTERPRET first")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from gh_kernels import triton_combine, triton_gram, triton_weights  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}
+ELEM = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def compile_kernel(fn, signature, constexprs, aligned_args=()):
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned_args}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+
+
+def count(k, what):
+    return sum(1 for line in k.asm["ptx"].splitlines() if what in line)
+
+
+def main():
+    failures = []
+    for dtype in PTR:
+        for K in (1, 2, 3, 4):
+            for aligned in (True, False):
+                sig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp32", "slot_base": "i64", "K": "constexpr",
+                       "BLOCK": "constexpr", "ALIGNED": "constexpr", "VEC": "constexpr"}
+                k = compile_kernel(triton_gram._gram_partials_kernel, sig,
+                                   {"K": K, "BLOCK": 1024, "ALIGNED": aligned, "VEC": 16 // ELEM[dtype]}, (0, 1, 2))
+                v = count(k, "ld.global.v4")
+                print(f"gram_partials {dtype:8s} K={K} aligned={aligned!s:5s}: {v} 16-byte loads")
+                if aligned and v < K:
+                    failures.append(f"gram {dtype} K={K}: no 16-byte loads")
+        for acc in (False, True):
+            sig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp32", "K": "constexpr", "BLOCK": "constexpr",
+                   "ALIGNED": "constexpr", "VEC": "constexpr", "ACCUMULATE": "constexpr"}
+            k = compile_kernel(triton_combine._combine_kernel, sig,
+                               {"K": 2, "BLOCK": 1024, "ALIGNED": True, "VEC": 16 // ELEM[dtype], "ACCUMULATE": acc}, (0, 1, 2))
+            lv, sv = count(k, "ld.global.v4"), count(k, "st.global.v4")
+            print(f"combine       {dtype:8s} K=2 accumulate={acc!s:5s}: {lv} 16-byte loads, {sv} 16-byte stores")
+            if lv < 2 or sv < 1:
+                failures.append(f"combine {dtype} accumulate={acc}: no 16-byte vectors")
+    compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp32", "G": "*fp32", "items": "i64",
+                                                       "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 2, "RBLOCK": 64})
+    for method in range(4):
+        compile_kernel(triton_weights._weights_kernel, {"G": "*fp32", "W": "*fp32", "kappa": "fp32",
+                                                        "METHOD": "constexpr", "MIN_SIN": "constexpr"},
+                       {"METHOD": method, "MIN_SIN": 0.02})
+    print("gram_finalize and weights (4 methods) compile")
+    if failures:
+        print("FAILED:", *failures, sep="\n  ")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
