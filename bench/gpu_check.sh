@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One call on the device machine (torch 2.11 + CUDA 13, Triton 3.6, no internet): build the
-# CUDA extension, run the CUDA tests, run the GPU benchmark, then the CPU suite if time allows.
+# CUDA extension, run the CUDA tests, a DDP run, a Triton settings sweep and the GPU benchmark
+# (the CPU suite, phase cpu-tests, on request).
 # Everything is logged to $OUT/gpu_check.log; benchmark outputs land in $OUT/bench/.
 #   usage (device tool): bash bench/gpu_check.sh            [phases: build tests bench cpu-tests]
 set -uo pipefail
 OUT=${OUT:-/tmp/gh_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
-PHASES=${*:-build tests bench cpu-tests}
+PHASES=${*:-build tests ddp tune bench}
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$LOG") 2>&1
 echo "== gpu_check $(date -u +%FT%TZ) phases: $PHASES"
@@ -25,6 +26,15 @@ fi
 if has tests; then
   echo "== CUDA tests (Triton compiled for the GPU)"
   TRITON_INTERPRET=0 timeout 300 python3 -m pytest -q -x tests/test_cuda.py -p no:cacheprovider 2>&1 | tail -25
+fi
+if has ddp; then
+  echo "== DDP on the GPU (torchrun, nccl, world size 1), sync=global and local"
+  timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 6 2>&1 | grep -v "^W" | tail -4
+  timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 3 --sync local 2>&1 | grep -v "^W" | tail -2
+fi
+if has tune; then
+  echo "== Triton settings sweep"
+  TRITON_INTERPRET=0 timeout 150 python3 tools/triton_tune.py 2>&1 | tail -30
 fi
 if has bench; then
   echo "== benchmark"

@@ -50,8 +50,12 @@ def flat_params(tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
             params.append(FlatParam(0, torch.float32, [None] * num_sets))
             continue
         parts = [t for t in ins if t is not None] + ([o] if o is not None else [])
+        fp = FlatParam(ref.numel(), ref.dtype, ins)
+        if all(t.is_contiguous() for t in parts):  # the common case
+            fp.out = o
+            params.append(fp)
+            continue
         flat_ok = all(is_dense(t) and t.stride() == ref.stride() for t in parts)
-        fp = FlatParam(ref.numel(), ref.dtype, list(ins))
         if not flat_ok:
             for k, t in enumerate(ins):
                 if t is not None and not t.is_contiguous():

@@ -25,7 +25,7 @@ def as_set(value: GradSet, name: str) -> List[TensorOrNone]:
     if isinstance(value, (list, tuple)):
         out = list(value)
         for p, t in enumerate(out):
-            if t is not None and not isinstance(t, torch.Tensor):
+            if t is not None and type(t) is not torch.Tensor and not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name}[{p}] must be a torch.Tensor or None, got {type(t).__name__}")
         return out
     raise TypeError(f"{name} must be a tensor or a list/tuple of tensors, got {type(value).__name__}")
@@ -34,12 +34,47 @@ def as_set(value: GradSet, name: str) -> List[TensorOrNone]:
 def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torch.device:
     """Check that K sets align parameter by parameter; return their common device.
 
-    Rules: same length; for every parameter index the non-None tensors share shape,
-    dtype and device; dtypes are float32/bfloat16/float16; one device for everything;
-    at least one tensor in all.
+    Rules: same length; for every parameter index the non-None tensors share shape and
+    dtype; dtypes are float32/bfloat16/float16; one device for everything; at least one
+    tensor in all. Written as a fast pass (this runs on every step, before kernels of a few
+    microseconds) that falls back to :func:`_explain` to name the offending argument.
     """
     if len(sets) == 0:
         raise ValueError("grads must hold at least one gradient set, got an empty sequence")
+    n = len(sets[0])
+    if any(len(s) != n for s in sets):
+        _explain(sets, names)
+    dtypes, devices = set(), set()
+    if len(sets) == 2:  # the common case, without the inner loop
+        for a, b in zip(sets[0], sets[1]):
+            if a is not None:
+                dtypes.add(a.dtype)
+                devices.add(a.device)
+                if b is not None and (b.dtype is not a.dtype or b.shape != a.shape):
+                    _explain(sets, names)
+            if b is not None:
+                dtypes.add(b.dtype)
+                devices.add(b.device)
+    else:
+        for p in range(n):
+            ref = None
+            for s in sets:
+                t = s[p]
+                if t is None:
+                    continue
+                dtypes.add(t.dtype)
+                devices.add(t.device)
+                if ref is None:
+                    ref = t
+                elif t.dtype is not ref.dtype or t.shape != ref.shape:
+                    _explain(sets, names)
+    if len(devices) != 1 or not dtypes.issubset(SUPPORTED_DTYPES):
+        _explain(sets, names)
+    return devices.pop()
+
+
+def _explain(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> None:
+    """Slow path: find the first rule a set breaks and raise an error naming argument and index."""
     n = len(sets[0])
     for k, s in enumerate(sets):
         if len(s) != n:
@@ -73,30 +108,30 @@ def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torc
                 raise ValueError(f"{where} has shape {tuple(t.shape)} but {ref_name} has shape {tuple(ref.shape)}")
             if t.dtype != ref.dtype:
                 raise TypeError(f"{where} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}: sets must match per parameter")
-    if device is None:
-        raise ValueError("grads contains no tensors (every entry is None or every set is empty)")
-    return device
+    raise ValueError("grads contains no tensors (every entry is None or every set is empty)")
 
 
 def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], name: str = "out") -> None:
-    """``out[p]`` must exist, match the inputs' shape/device and be a floating tensor."""
+    """``out[p]`` must exist and match the inputs' shape, dtype and device."""
     n = len(sets[0])
     if len(out) != n:
         raise ValueError(f"{name} has {len(out)} tensors but the gradient sets have {n}")
     for p, o in enumerate(out):
+        ref = next((s[p] for s in sets if s[p] is not None), None)
+        if ref is not None and isinstance(o, torch.Tensor) and o.dtype is ref.dtype and o.shape == ref.shape \
+                and o.device == ref.device:
+            continue
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"{name}[{p}] must be a torch.Tensor, got {type(o).__name__}")
         if o.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}[{p}] has dtype {o.dtype}; supported: float32, bfloat16, float16")
-        for k, s in enumerate(sets):
-            t = s[p]
-            if t is None:
-                continue
-            if o.shape != t.shape:
-                raise ValueError(f"{name}[{p}] has shape {tuple(o.shape)} but the gradients have {tuple(t.shape)}")
-            if o.device != t.device:
-                raise ValueError(f"{name}[{p}] is on {o.device} but the gradients are on {t.device}")
-            break
+        if ref is None:
+            continue
+        if o.shape != ref.shape:
+            raise ValueError(f"{name}[{p}] has shape {tuple(o.shape)} but the gradients have {tuple(ref.shape)}")
+        if o.device != ref.device:
+            raise ValueError(f"{name}[{p}] is on {o.device} but the gradients are on {ref.device}")
+        raise TypeError(f"{name}[{p}] has dtype {o.dtype} but the gradients have {ref.dtype}")
 
 
 def flatten_sets(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:

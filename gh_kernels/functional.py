@@ -17,11 +17,12 @@ from ._validate import GradSet, as_set, check_out, check_sets, flatten_sets
 from .methods import check_method
 
 
-def _sets(grads: Sequence[GradSet], name: str = "grads"):
+def _sets(grads: Sequence[GradSet], name: str = "grads", set_names: Optional[Sequence[str]] = None):
     if isinstance(grads, torch.Tensor) or not isinstance(grads, (list, tuple)):
         raise TypeError(f"{name} must be a list/tuple of gradient sets, got {type(grads).__name__}")
-    sets = [as_set(s, f"{name}[{k}]") for k, s in enumerate(grads)]
-    device = check_sets(sets, [f"{name}[{k}]" for k in range(len(sets))])
+    names = list(set_names) if set_names is not None else [f"{name}[{k}]" for k in range(len(grads))]
+    sets = [as_set(s, names[k]) for k, s in enumerate(grads)]
+    device = check_sets(sets, names)
     return sets, device
 
 
@@ -31,6 +32,11 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
     One pass over the data; float32 accumulation whatever the input dtype.
     """
     sets, device = _sets(grads)
+    return _gram_checked(sets, device, backend)
+
+
+def _gram_checked(sets, device, backend):
+    """gram on sets that passed ``check_sets`` (callers that validated once skip it here)."""
     name = backends.resolve(backend, device, len(sets))
     return backends.kernel(name, "gram", device)(flatten_sets(sets), len(sets))
 
@@ -78,15 +84,24 @@ def combine(
         raise ValueError(f"w is on {w.device} but the gradients are on {device}")
     if not w.is_floating_point():
         raise TypeError(f"w must be a floating-point tensor, got {w.dtype}")
-    P = len(sets[0])
     if out is None:
         if accumulate:
             raise ValueError("accumulate=True needs out= (the tensors to add to)")
+    else:
+        out = list(as_set(out, "out"))
+        check_out(out, sets)
+    return _combine_checked(w.to(torch.float32), sets, device, out, accumulate, backend)
+
+
+def _combine_checked(w, sets, device, out, accumulate, backend):
+    """combine on validated sets, float32 ``w`` on their device, and a validated ``out`` list or None."""
+    K = len(sets)
+    P = len(sets[0])
+    if out is None:
         like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(P)]
         out_list = [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
     else:
-        out_list = list(as_set(out, "out"))
-        check_out(out_list, sets)
+        out_list = out
     idx = [p for p in range(P) if out_list[p] is not None]
     if idx:
         if len(idx) < P:  # only out=None leaves holes; the kernels see the present parameters only
@@ -95,7 +110,7 @@ def combine(
         else:
             sub_sets, sub_out = sets, out_list
         name = backends.resolve(backend, device, K)
-        backends.kernel(name, "combine_", device)(sub_out, flatten_sets(sub_sets), K, w.to(torch.float32), bool(accumulate))
+        backends.kernel(name, "combine_", device)(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
     return out_list
 
 
@@ -114,8 +129,11 @@ def harmonize(
     harmonizes in place. Three kernels (Gram, weights, combine), no host sync, no flat copies.
     """
     check_method(method, kappa)
-    sets = [g1, g2]
-    G = gram(sets, backend=backend)
+    sets, device = _sets([g1, g2], set_names=("g1", "g2"))
+    if out is not None:
+        out = list(as_set(out, "out"))
+        check_out(out, sets)
+    G = _gram_checked(sets, device, backend)
     w = weights(G, method, kappa=kappa, backend=backend)
-    combine(w, sets, out=out, backend=backend)
+    _combine_checked(w, sets, device, out, False, backend)
     return w

@@ -5,7 +5,8 @@ from typing import Iterable, List, NamedTuple, Optional
 
 import torch
 
-from . import functional
+from . import distributed, functional
+from ._validate import check_sets
 from .methods import check_method
 
 MODES = ("reweight", "surgery")
@@ -33,6 +34,11 @@ class Harmonizer:
             released code's third backward of ``scale1*w1*L1 + scale2*w2*L2``. ``"surgery"``:
             only ``shared`` parameters are harmonized, the others get ``scale1*g1 + scale2*g2``.
         backend: kernel backend for the Gram and combine passes (default: automatic).
+        sync: data-parallel mode (see :mod:`gh_kernels.distributed`): ``None`` (no communication),
+            ``"global"`` (DDP under ``no_sync()``: harmonize the all-rank averaged gradients, exact),
+            ``"local"`` (harmonize per rank, then average the updates) or ``"sharded"`` (FSDP2 /
+            DTensor shards: all-reduce only the 2x2 Gram partials).
+        process_group: the group to communicate over (default: the world).
 
     Slot 1 is the alignment (transfer) loss, slot 2 the classification loss.
     """
@@ -46,8 +52,13 @@ class Harmonizer:
         kappa: float = 0.5,
         mode: str = "reweight",
         backend: Optional[str] = None,
+        sync: Optional[str] = None,
+        process_group=None,
     ):
         check_method(method, kappa)
+        if sync not in distributed.SYNC_MODES:
+            raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
+        self.sync, self.process_group = sync, process_group
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
         self.params: List[torch.Tensor] = []
@@ -98,42 +109,71 @@ class Harmonizer:
         if loss2.requires_grad:
             loss2.backward(retain_graph=retain_graph)
         g2 = self._take_grads()
+        # What we write back into .grad (DTensor gradients stay DTensors; kernels see their shards).
+        wrap1, wrap2, wrap_prev = list(g1), list(g2), list(previous)
+        g1 = [distributed.local(t) for t in g1]
+        g2 = [distributed.local(t) for t in g2]
+        previous = [distributed.local(t) for t in previous]
 
         device = self.params[0].device
+        if self.sync in ("global", "local"):
+            # A parameter may have a gradient on some ranks only: give it zeros where it has none.
+            anywhere = distributed.present_anywhere(g1, g2, device, self.process_group)
+            for i, (has1, has2) in enumerate(anywhere):
+                if has1 and g1[i] is None:
+                    g1[i] = wrap1[i] = torch.zeros_like(distributed.local(self.params[i]))
+                if has2 and g2[i] is None:
+                    g2[i] = wrap2[i] = torch.zeros_like(distributed.local(self.params[i]))
+            if self.sync == "global":
+                distributed.all_reduce_mean_([t for t in g1 + g2 if t is not None], self.process_group)
+        if any(t is not None for t in g1) or any(t is not None for t in g2):
+            # One validation per step (dtypes, devices); autograd guarantees matching shapes.
+            device = check_sets([g1, g2], ["loss1 gradients", "loss2 gradients"])
         s1 = [g1[i] for i in self.shared_index]
         s2 = [g2[i] for i in self.shared_index]
-        if any(t is not None for t in s1) or any(t is not None for t in s2):
-            G = functional.gram([s1, s2], backend=self.backend)
+        if any(t is not None and t.numel() > 0 for t in s1 + s2):
+            G = functional._gram_checked([s1, s2], device, self.backend)
         else:
             G = torch.zeros(2, 2, dtype=torch.float32, device=device)
+        if self.sync == "sharded":
+            G = distributed.all_reduce_sum_(G.contiguous(), self.process_group)  # every rank, even with an empty shard
         w = functional.weights(G, self.method, kappa=self.kappa, backend=self.backend)
         norm_prod = (G[0, 0] * G[1, 1]).sqrt()
         cos = torch.where(norm_prod > 0, G[0, 1] / norm_prod.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm_prod))
 
         harmonized = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
         plain = None  # (scale1, scale2), built on the device only when surgery mode needs it
+        # "local": combine into the fresh gradients first, average, then add to what .grad held.
+        defer_previous = self.sync == "local"
 
         # Group parameters by (weights, accumulate) so each group is one fused combine call.
         groups = {}
+        results = {}
         for i, p in enumerate(self.params):
             a, b, prev = g1[i], g2[i], previous[i]
             if a is None and b is None:
-                p.grad = prev
+                p.grad = wrap_prev[i]
                 continue
             use_plain = self.mode == "surgery" and not self._is_shared[i]
-            if prev is not None:
-                out, acc = prev, True
-            else:
-                out, acc = (b if b is not None else a), False  # in place into a gradient we own
+            if prev is not None and not defer_previous:
+                out, acc, wrapped = prev, True, wrap_prev[i]
+            else:  # in place into a gradient we own
+                out, acc, wrapped = (b, False, wrap2[i]) if b is not None else (a, False, wrap1[i])
             groups.setdefault((use_plain, acc), []).append((i, out))
+            results[i] = (out, wrapped)
         for (use_plain, acc), members in groups.items():
             if use_plain and plain is None:
                 one = torch.ones((), dtype=torch.float32, device=device)
                 plain = torch.stack((one * scale1, one * scale2))
             idx = [i for i, _ in members]
             outs = [o for _, o in members]
-            functional.combine(plain if use_plain else harmonized, [[g1[i] for i in idx], [g2[i] for i in idx]],
-                               out=outs, accumulate=acc, backend=self.backend)
-            for i, o in members:
-                self.params[i].grad = o
+            functional._combine_checked(plain if use_plain else harmonized, [[g1[i] for i in idx], [g2[i] for i in idx]],
+                                        device, outs, acc, self.backend)
+        if defer_previous:
+            distributed.all_reduce_mean_([o for o, _ in results.values()], self.process_group)
+        for i, (out, wrapped) in results.items():
+            if defer_previous and previous[i] is not None:
+                previous[i].add_(out)
+                wrapped = wrap_prev[i]
+            self.params[i].grad = wrapped
         return HarmonizeResult(w, cos, G)

@@ -146,7 +146,7 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     G = torch.zeros((num_sets, num_sets), dtype=torch.float32, device=device)
     for L in launches:
         _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=cfg.block,
-                                          ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=4)
+                                          ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=cfg.num_warps)
     if items:
         _gram_finalize_kernel[(1,)](partials, G, items, K=num_sets, RBLOCK=64 if device.type == "cuda" else 16, num_warps=4)
     del params  # contiguous copies (if any) lived until the launches were queued

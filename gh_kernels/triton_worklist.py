@@ -30,6 +30,7 @@ class Config:
     max_chunk: int = 1 << 20         # ... and at most
     programs_per_sm: int = 16        # target programs per multiprocessor for the largest lists
     max_items_per_launch: int = 1 << 20
+    num_warps: int = 4
 
 
 #: CPU tensors run under the Triton interpreter: tiny blocks exercise the chunk logic cheaply.
@@ -67,7 +68,9 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
     cfg = config_for(device)
     total = sum(fp.numel for fp in params)
     chunk = chunk_size(total, device, cfg)
-    groups: Dict[torch.dtype, List[List[int]]] = {}
+    # One metadata row per parameter (Python, O(P)); the chunk rows are then expanded with
+    # tensor ops, so the host cost does not grow with the number of chunks.
+    meta: Dict[torch.dtype, List[List[int]]] = {}
     bases: Dict[torch.dtype, torch.Tensor] = {}
     aligned: Dict[torch.dtype, bool] = {}
     for fp in params:
@@ -78,24 +81,28 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
             continue
         sub = present[0] if present else fp.out
         base = bases.setdefault(fp.dtype, sub)
+        base_ptr, sub_ptr = base.data_ptr(), sub.data_ptr()
         elem = sub.element_size()
-        ptrs = [(t if t is not None else sub).data_ptr() for t in fp.ins] + [sub.data_ptr()] * (MAX_SETS - num_sets)
-        out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else base.data_ptr()
+        ptrs = [(t.data_ptr() if t is not None else sub_ptr) for t in fp.ins] + [sub_ptr] * (MAX_SETS - num_sets)
+        out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else base_ptr
         bits = sum(1 << k for k, t in enumerate(fp.ins) if t is not None)
-        ok = all(p % 16 == 0 for p in ptrs[:num_sets] + [out_ptr, base.data_ptr()])
+        ok = all(p % 16 == 0 for p in ptrs[:num_sets]) and out_ptr % 16 == 0 and base_ptr % 16 == 0
         aligned[fp.dtype] = aligned.get(fp.dtype, True) and ok and (chunk * elem) % 16 == 0
-        offs = [(p - base.data_ptr()) // elem for p in ptrs + [out_ptr]]
-        rows = groups.setdefault(fp.dtype, [])
-        for start in range(0, fp.numel, chunk):
-            rows.append(offs + [start, min(chunk, fp.numel - start), bits])
+        meta.setdefault(fp.dtype, []).append([(p - base_ptr) // elem for p in ptrs] + [(out_ptr - base_ptr) // elem, fp.numel, bits])
     launches, slot = [], 0
     pin = device.type == "cuda"
-    for dtype, rows in groups.items():
-        for s in range(0, len(rows), cfg.max_items_per_launch):
-            part = rows[s:s + cfg.max_items_per_launch]
-            table = torch.tensor(part, dtype=torch.int64)
-            if pin:
-                table = table.pin_memory().to(device, non_blocking=True)  # async: no host sync
-            launches.append(Launch(dtype, bases[dtype], table, len(part), aligned[dtype], slot))
+    for dtype, rows in meta.items():
+        m = torch.tensor(rows, dtype=torch.int64)                 # (P, 7): offsets x5, numel, bits
+        counts = (m[:, 5] + chunk - 1) // chunk                   # chunks per parameter
+        table_rows = m.repeat_interleave(counts, dim=0)
+        first = torch.cumsum(counts, 0) - counts
+        within = torch.arange(len(table_rows), dtype=torch.int64) - first.repeat_interleave(counts)
+        start = within * chunk
+        length = torch.minimum(table_rows[:, 5] - start, torch.full_like(start, chunk))
+        table = torch.cat([table_rows[:, :5], start[:, None], length[:, None], table_rows[:, 6:7]], dim=1).contiguous()
+        for s in range(0, len(table), cfg.max_items_per_launch):
+            part = table[s:s + cfg.max_items_per_launch]
+            part = part.pin_memory().to(device, non_blocking=True) if pin else part.contiguous()  # async: no sync
+            launches.append(Launch(dtype, bases[dtype], part, len(part), aligned[dtype], slot))
             slot += len(part)
     return launches, slot, cfg
