@@ -8,7 +8,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gh_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
-PHASES=${*:-build tests ddp tune bench}
+BENCH_ARGS=${BENCH_ARGS:-}
+PHASES=${*:-build tests ddp bench tune}
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$LOG") 2>&1
 echo "== gpu_check $(date -u +%FT%TZ) phases: $PHASES"
@@ -32,13 +33,13 @@ if has ddp; then
   timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 6 2>&1 | grep -v "^W" | tail -4
   timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 3 --sync local 2>&1 | grep -v "^W" | tail -2
 fi
+if has bench; then
+  echo "== benchmark"
+  timeout 420 python3 -m bench --device cuda --out "$OUT/bench" $BENCH_ARGS 2>&1 | grep -v "^  " | tail -80
+fi
 if has tune; then
   echo "== Triton settings sweep"
   TRITON_INTERPRET=0 timeout 150 python3 tools/triton_tune.py 2>&1 | tail -30
-fi
-if has bench; then
-  echo "== benchmark"
-  timeout 420 python3 -m bench --device cuda --out "$OUT/bench" 2>&1 | grep -v "^  " | tail -80
 fi
 if has cpu-tests; then
   echo "== CPU suite (interpreter) on the device machine's torch/Triton"
