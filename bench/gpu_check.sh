@@ -11,6 +11,7 @@ LOG="$OUT/gpu_check.log"
 BENCH_ARGS=${BENCH_ARGS:-}
 PHASES=${*:-build tests ddp bench tune}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts under python/ and tools/ import the in-tree package
 exec > >(tee -a "$LOG") 2>&1
 echo "== gpu_check $(date -u +%FT%TZ) phases: $PHASES"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv
@@ -30,7 +31,7 @@ if has tests; then
 fi
 if has ddp; then
   echo "== DDP on the GPU (torchrun, nccl, world size 1), sync=global and local"
-  timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 6 2>&1 | grep -v "^W" | tail -4
+  timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 6 2>&1 | grep -v "^W" | tail -12
   timeout 120 torchrun --nproc_per_node=1 python/ddp_example.py --device cuda --steps 3 --sync local 2>&1 | grep -v "^W" | tail -2
 fi
 if has bench; then

@@ -92,6 +92,6 @@ def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tenso
             fp.out.zero_()
     launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
     for L in launches:
-        _combine_kernel[(L.items,)](L.table, L.base, w, K=num_sets, BLOCK=cfg.block, ALIGNED=L.aligned,
+        _combine_kernel[(L.items,)](L.table, L.base, w, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,
                                     VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
     finish(params)

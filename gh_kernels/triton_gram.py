@@ -145,7 +145,7 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     partials = torch.empty((max(items, 1), NUM_PAIRS), dtype=torch.float32, device=device)
     G = torch.zeros((num_sets, num_sets), dtype=torch.float32, device=device)
     for L in launches:
-        _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=cfg.block,
+        _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()),
                                           ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=cfg.num_warps)
     if items:
         _gram_finalize_kernel[(1,)](partials, G, items, K=num_sets, RBLOCK=64 if device.type == "cuda" else 16, num_warps=4)
