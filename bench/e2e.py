@@ -4,7 +4,6 @@ ViT-B/16-shaped transformer with a DANN head. Plain torch only (no torchvision).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -17,16 +16,7 @@ import gh_kernels
 from gh_kernels.reference import weights_reference
 
 
-class GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return -ctx.coeff * g, None
-
+GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
 
 class Bottleneck(nn.Module):
     def __init__(self, cin, width, stride):
@@ -208,7 +198,7 @@ def grads_match(config, device, method="gh") -> float:
 
 
 def cpu_peak_rss(config: str, step: str) -> float:
-    """Peak RSS (MB) of a fresh process that builds the model and runs 2 steps of one kind."""
+    """Peak RSS (MB) of a fresh process (after imports) that builds the model and runs 2 steps of one kind."""
     res = subprocess.run([sys.executable, "-m", "bench.e2e", "--rss", json.dumps([config, step])],
                          capture_output=True, text=True, timeout=900)
     try:
@@ -218,6 +208,9 @@ def cpu_peak_rss(config: str, step: str) -> float:
 
 
 def _rss_main(arg):
+    from .memory import peak_mb, reset_peak
+
+    reset_peak()  # the peak inherited from the parent process does not count
     config, step = json.loads(arg)
     device = torch.device("cpu")
     model, batch = make(config, device)
@@ -227,7 +220,7 @@ def _rss_main(arg):
         kwargs["harmonizer"] = gh_kernels.Harmonizer(model.parameters(), shared=model.shared_parameters(), method=method)
     for _ in range(2):
         fn(model, batch, **kwargs)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_mb())
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--rss":

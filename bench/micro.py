@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from typing import Callable, Dict, List, Optional
@@ -115,7 +114,7 @@ def gpu_extra_memory(fn, device) -> float:
 
 
 def cpu_extra_memory(case: str, n: int, dtype: str, impl: str) -> Optional[float]:
-    """Peak-RSS delta (MB) of one call, in a fresh subprocess (``python -m bench.micro --memcase``)."""
+    """Peak-RSS delta (MB) of one call after a warm-up call, in a fresh subprocess (``python -m bench.micro --memcase``)."""
     cmd = [sys.executable, "-m", "bench.micro", "--memcase", json.dumps([case, n, dtype, impl])]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
@@ -133,12 +132,14 @@ def _memcase(arg: str) -> None:
     device = torch.device("cpu")
     g1, g2, out = make_lists(case_shapes(case, n), DTYPES[dtype], device)
     fn = implementations(device, with_compile=False)[impl]
-    import psutil
+    from .memory import peak_mb, reset_peak
 
-    base = psutil.Process().memory_info().rss
+    for o in out:  # fault the output pages in first: writing them is not extra memory
+        o.zero_()
+    fn(g1, g2, out)  # warm-up: thread pools and other one-time allocations
+    base = reset_peak()
     fn(g1, g2, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print((peak - base) / 2**20)
+    print(peak_mb() - base)
 
 
 def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_time: float, with_compile: bool,

@@ -142,6 +142,7 @@ def targets(micro_rows, e2e_rows, copy_gbps, gpu) -> List[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smallest sizes: a table in under a minute")
+    ap.add_argument("--smoke", action="store_true", help="one tiny case of everything (CI's smoke test)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<device>-<date>)")
     ap.add_argument("--max-n", type=float, default=None, help="largest N in the sweep (default: 1e8 CPU, 1e9 GPU)")
@@ -154,10 +155,14 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     date = datetime.date.today().isoformat()
-    outdir = args.out or os.path.join(os.path.dirname(__file__), "results", f"{device_name(device)}-{date}" + ("-quick" if args.quick else ""))
+    outdir = args.out or os.path.join(os.path.dirname(__file__), "results", f"{device_name(device)}-{date}" + ("-quick" if (args.quick or args.smoke) else ""))
     os.makedirs(outdir, exist_ok=True)
 
-    if args.quick:
+    if args.smoke:
+        cases = [("sweep", 100_000)]
+        dtypes, min_time, with_compile, memory = ["float32"], 0.05, False, False
+        e2e_configs, e2e_steps = ["resnet50_small"], 1
+    elif args.quick:
         cases = [("sweep", 100_000), ("sweep", 1_000_000), ("resnet50", 0)]
         dtypes, min_time, with_compile, memory = ["float32"], 0.2, False, False
         e2e_configs, e2e_steps = ["resnet50_small"], 2
@@ -165,15 +170,15 @@ def main(argv=None):
         max_n = int(args.max_n or (1e9 if gpu else 1e8))
         sweep = [n for n in (100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000) if n <= max_n]
         cases = [("sweep", n) for n in sweep] + [("resnet50", 0), ("vit_b16", 0), ("llm", 0), ("many_tiny", 0)]
-        dtypes, min_time, with_compile, memory = ["float32", "bfloat16"], (0.15 if gpu else 0.4), not args.no_compile, not args.no_memory
+        dtypes, min_time, with_compile, memory = ["float32", "bfloat16"], (0.15 if gpu else 1.0), not args.no_compile, not args.no_memory
         e2e_configs = ["resnet50", "vit_b16"] if gpu else ["resnet50_small", "vit_small"]
-        e2e_steps = 10 if gpu else 5
+        e2e_steps = 10 if gpu else 9
     if args.e2e_configs:
         e2e_configs = args.e2e_configs.split(",")
 
     print(f"gh_kernels {gh_kernels.__version__} | torch {torch.__version__} | device {device_name(device)} | "
           f"backends {gh_kernels.available_backends()} | threads {torch.get_num_threads()} | out {outdir}")
-    copy_gbps = micro.copy_bandwidth(device, 100_000_000 if not args.quick else 10_000_000, min_time)
+    copy_gbps = micro.copy_bandwidth(device, 1_000_000 if args.smoke else (10_000_000 if args.quick else 100_000_000), min_time)
     print(f"copy bandwidth (read + write): {copy_gbps:.1f} GB/s")
     micro_rows = micro.run_micro(device, cases, dtypes, min_time, with_compile, memory)
     for r in micro_rows:
@@ -184,7 +189,7 @@ def main(argv=None):
     if not args.no_e2e:
         for cfg in e2e_configs:
             print(f"end-to-end: {cfg}")
-            rows = e2e.time_steps(cfg, device, steps=e2e_steps, warmup=1 if args.quick else 2)
+            rows = e2e.time_steps(cfg, device, steps=e2e_steps, warmup=1 if (args.quick or args.smoke) else 2)
             if not gpu and not args.quick and memory:
                 for r in rows:
                     r["peak_mem_mb"] = e2e.cpu_peak_rss(cfg, r["step"])
@@ -201,7 +206,9 @@ def main(argv=None):
                "GB/s = 5N x bytes per element / median time for every row (the fused path's traffic); "
                "`bytes moved` is what each implementation really moves (bench/baselines.py). "
                "`x name` = that implementation's time / this row's time. Extra MB: "
-               + ("torch.cuda.max_memory_allocated delta." if gpu else "peak-RSS delta of one call in a fresh process."), "",
+               + ("torch.cuda.max_memory_allocated delta of one call." if gpu else
+                  "peak-RSS delta of one call after a warm-up call, in a fresh process, outputs already written once "
+                  "(measured for the model lists and N=1e7 in float32)."), "",
                micro_table(micro_rows, copy_gbps), ""]
     if e2e_rows:
         summary += ["## one training step (DANN head)", "", e2e_table(e2e_rows), "",

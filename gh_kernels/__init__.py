@@ -8,6 +8,7 @@ from . import _ops  # noqa: F401  (defines the ops before any backend registers 
 from .backends import BACKENDS, BackendUnavailable, available_backends, extension_error
 from .functional import combine, gram, harmonize, weights
 from .harmonizer import HarmonizeResult, Harmonizer
+from .layers import GradReverse, grad_reverse
 from .methods import GHPP_MIN_SIN, METHODS
 
 __version__ = "0.1.0"
@@ -15,4 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "gram", "weights", "combine", "harmonize", "Harmonizer", "HarmonizeResult",
     "available_backends", "extension_error", "BackendUnavailable", "BACKENDS", "METHODS", "GHPP_MIN_SIN",
+    "GradReverse", "grad_reverse",
 ]

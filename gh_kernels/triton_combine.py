@@ -13,7 +13,7 @@ import triton.language as tl
 
 from . import triton_worklist as wl
 from ._flat import finish, flat_params
-from .triton_gram import _load_f32, _ptr, _val
+from .triton_gram import _load_f32, _ptr, _val, _work_item
 
 
 @triton.jit
@@ -39,24 +39,8 @@ def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
                     ALIGNED: tl.constexpr, VEC: tl.constexpr, ACCUMULATE: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * 8
-    start = tl.load(row + 5)
-    length = tl.load(row + 6)
-    bits = tl.load(row + 7)
-    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
-    p1 = p0
-    p2 = p0
-    p3 = p0
-    if K >= 2:
-        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
-    if K >= 3:
-        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
-    if K >= 4:
-        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
-    po = _ptr(row, 4, start, base, ALIGNED, VEC)
-    h0 = (bits & 1) != 0
-    h1 = (bits & 2) != 0
-    h2 = (bits & 4) != 0
-    h3 = (bits & 8) != 0
+    length, p0, p1, p2, p3, h0, h1, h2, h3 = _work_item(row, base, K, ALIGNED, VEC)
+    po = _ptr(row, 4, tl.load(row + 5), base, ALIGNED, VEC)
     w0 = tl.load(weights)
     w1 = w0
     w2 = w0

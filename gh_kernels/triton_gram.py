@@ -29,6 +29,26 @@ def _ptr(row, col: tl.constexpr, start, base, ALIGNED: tl.constexpr, VEC: tl.con
 
 
 @triton.jit
+def _work_item(row, base, K: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
+    """One work-list row: its length, the K input pointers at its start and their present bits
+    (unused sets repeat set 0's pointer)."""
+    start = tl.load(row + 5)
+    length = tl.load(row + 6)
+    bits = tl.load(row + 7)
+    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if K >= 2:
+        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
+    if K >= 3:
+        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
+    if K >= 4:
+        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
+    return length, p0, p1, p2, p3, (bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0
+
+
+@triton.jit
 def _load_f32(ptr, offs, mask, MASKED: tl.constexpr):
     if MASKED:
         x = tl.load(ptr + offs, mask=mask, other=0.0)
@@ -73,23 +93,7 @@ def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
                           BLOCK: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * 8
-    start = tl.load(row + 5)
-    length = tl.load(row + 6)
-    bits = tl.load(row + 7)
-    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
-    p1 = p0
-    p2 = p0
-    p3 = p0
-    if K >= 2:
-        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
-    if K >= 3:
-        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
-    if K >= 4:
-        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
-    h0 = (bits & 1) != 0
-    h1 = (bits & 2) != 0
-    h2 = (bits & 4) != 0
-    h3 = (bits & 8) != 0
+    length, p0, p1, p2, p3, h0, h1, h2, h3 = _work_item(row, base, K, ALIGNED, VEC)
     z = tl.zeros([BLOCK], dtype=tl.float32)
     a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = z, z, z, z, z, z, z, z, z, z
     r = tl.arange(0, BLOCK)

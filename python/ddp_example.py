@@ -21,16 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import gh_kernels
 
 
-class GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return -ctx.coeff * g, None
-
+GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
 
 class DANN(nn.Module):
     def __init__(self, dim=32, classes=5):

@@ -17,15 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gh_kernels  # noqa: E402
 
 
-class GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return -g
-
+GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
 
 class Net(nn.Module):
     def __init__(self):
@@ -41,7 +33,7 @@ class Net(nn.Module):
     def forward(self, xs, ys, xt):
         fs, ft = self.bottleneck(self.backbone(xs)), self.bottleneck(self.backbone(xt))
         cls = nn.functional.cross_entropy(self.classifier(fs), ys)
-        d = self.discriminator(GradReverse.apply(torch.cat([fs, ft]))).squeeze(1)
+        d = self.discriminator(GradReverse.apply(torch.cat([fs, ft]), 1.0)).squeeze(1)
         dom = nn.functional.binary_cross_entropy_with_logits(d, torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]))
         dom = dom + 0.3 * nn.functional.cross_entropy(self.classifier(fs), (ys + 1) % 3)
         return dom, cls

@@ -9,16 +9,7 @@ import gh_kernels
 from gh_kernels.reference import weights_reference
 
 
-class GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, coeff):
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -ctx.coeff * grad, None
-
+GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
 
 class TinyDANN(nn.Module):
     """Backbone + bottleneck + classifier (shared) and a discriminator behind a GRL (alignment only)."""
