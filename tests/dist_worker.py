@@ -2,7 +2,8 @@
 
 Each rank builds the same model and the same global batch, uses its half of the batch, and
 compares what the distributed Harmonizer wrote into .grad with a single-process reference it
-computes itself. Prints one line 'RESULT <rank> <scenario> ok|FAIL <why>' per check.
+computes itself. Writes one line 'RESULT <rank> <scenario> ok|FAIL <why>' per check to
+<init_file>.rank<rank>.
 """
 import os
 import sys
@@ -74,7 +75,9 @@ def worker(rank, world, init_file):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     def report(name, ok, why=""):
-        print(f"RESULT {rank} {name} {'ok' if ok else 'FAIL ' + why}", flush=True)
+        # one file per rank: lines printed by two processes to one pipe can interleave
+        with open(f"{init_file}.rank{rank}", "a") as f:
+            f.write(f"RESULT {rank} {name} {'ok' if ok else 'FAIL ' + why}\n")
 
     b = batch(0)
     for method in ("gh", "gh++"):
@@ -137,6 +140,7 @@ def worker(rank, world, init_file):
 
 if __name__ == "__main__":
     init_file = sys.argv[1]
-    if os.path.exists(init_file):
-        os.remove(init_file)
+    for path in [init_file] + [f"{init_file}.rank{r}" for r in range(2)]:
+        if os.path.exists(path):
+            os.remove(path)
     mp.spawn(worker, args=(2, init_file), nprocs=2, join=True)

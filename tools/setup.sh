@@ -27,4 +27,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 "$PY" -m pip install --quiet setuptools wheel
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation -e .
+# Editable installs do not always compile extensions (it depends on the setuptools version), so
+# build gh_kernels/_C in place explicitly (ninja: incremental, seconds when nothing changed).
+if [ "${GH_KERNELS_BUILD_EXT:-auto}" != "0" ]; then
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py --quiet build_ext --inplace 2>&1 | grep -E "gh_kernels:|error" || true
+fi
 "$PY" -c "import gh_kernels as g; print('gh_kernels', g.__version__, 'backends:', g.available_backends(), '' if g.extension_error() is None else '(' + g.extension_error() + ')')"
