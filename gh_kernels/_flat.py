@@ -8,7 +8,7 @@ non-contiguous ``out`` is computed into a contiguous temporary and copied back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
@@ -21,7 +21,6 @@ class FlatParam:
     ins: List[Optional[torch.Tensor]]  # per set: a tensor whose memory is the flat array, or None
     out: Optional[torch.Tensor] = None
     copy_back: Optional[torch.Tensor] = None  # the caller's out, when ``out`` is a temporary
-    keep: List[torch.Tensor] = field(default_factory=list)
 
 
 def is_dense(t: torch.Tensor) -> bool:

@@ -126,7 +126,7 @@ def harmonize(
     """Gram matrix, weights and combine: writes ``w1*g1 + w2*g2`` into ``out``; returns ``w``.
 
     ``out``: default new tensors (retrieve them by passing your own list); ``out=g2`` (or g1)
-    harmonizes in place. Three kernels (Gram, weights, combine), no host sync, no flat copies.
+    harmonizes in place. Three steps (Gram pass, weights, combine pass), no host sync, no flat copies.
     """
     check_method(method, kappa)
     sets, device = _sets([g1, g2], set_names=("g1", "g2"))
