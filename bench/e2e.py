@@ -7,13 +7,13 @@ import json
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import List
 
 import torch
 from torch import nn
 
 import gh_kernels
-from gh_kernels.reference import weights_reference
+from gh_kernels.reference import released_recipe_backward
 
 
 GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
@@ -118,21 +118,9 @@ def step_plain(model, batch, **_):
 
 def step_released(model, batch, method="gh", kappa=0.5, **_):
     """The released recipe: flatten after each backward, host branch, a third backward."""
-    chosen = model.shared_parameters()
     model.zero_grad(set_to_none=True)
     dom, cls = model.losses(*batch)
-    dom.backward(retain_graph=True)
-    # The released code drops parameters whose .grad is None, which misaligns the two vectors
-    # when one loss does not reach a parameter (here: the classifier under the alignment loss);
-    # zeros keep them aligned at the same cost.
-    f1 = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in chosen])
-    model.zero_grad(set_to_none=True)
-    cls.backward(retain_graph=True)
-    f2 = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in chosen])
-    model.zero_grad(set_to_none=True)
-    c, n1, n2 = torch.dot(f1, f2).item(), torch.dot(f1, f1).item(), torch.dot(f2, f2).item()  # host syncs
-    w1, w2 = [float(x) for x in weights_reference(torch.tensor([[n1, c], [c, n2]], dtype=torch.float64), method, kappa)]
-    (TRADE_OFF * w1 * dom + w2 * cls).backward()
+    released_recipe_backward(model, model.shared_parameters(), dom, cls, method, kappa, TRADE_OFF)
 
 
 def step_harmonizer(model, batch, harmonizer=None, **_):

@@ -86,7 +86,11 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor], group=None, bucket_bytes: 
 
 
 def present_anywhere(g1: Sequence[Optional[torch.Tensor]], g2: Sequence[Optional[torch.Tensor]], device, group=None) -> List[List[bool]]:
-    """For every parameter and set: does any rank have a gradient? (one small all-reduce)."""
+    """For every parameter and set: does any rank have a gradient? (one small all-reduce).
+
+    The answer decides on the host which missing gradients become zeros, so with NCCL this is
+    one device-to-host synchronization per step (P bytes) in the "global" and "local" modes.
+    """
     dist = _dist()
     flags = torch.tensor([[a is not None, b is not None] for a, b in zip(g1, g2)], dtype=torch.uint8).reshape(-1, 2)
     if dist.get_backend(group) == "nccl":

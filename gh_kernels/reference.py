@@ -92,3 +92,31 @@ def harmonize_reference(g1, g2, method: str = "gh", kappa: float = 0.5):
     sets = [list(g1), list(g2)]
     w = weights_reference(gram_reference(sets), method, kappa)
     return w, combine_reference(w, sets)
+
+
+def released_recipe_backward(model: torch.nn.Module, chosen, loss1: torch.Tensor, loss2: torch.Tensor,
+                             method: str = "gh", kappa: float = 0.5, trade_off: float = 1.0):
+    """The authors' released step written out, as the reference and baseline for ``Harmonizer``.
+
+    ``loss1.backward``, flatten the ``chosen`` parameters' gradients with ``cat``, zero, the same
+    for ``loss2``, the Gram matrix on the host (a sync), the weights, zero, and a third backward
+    of ``trade_off*w1*loss1 + w2*loss2`` into every parameter of ``model``. The released code drops
+    parameters whose ``.grad`` is None, which misaligns the two flat vectors when one loss does not
+    reach a parameter; zeros keep them aligned at the same cost. Returns ``([w1, w2], cos)``.
+    """
+    chosen = list(chosen)
+
+    def flat():
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in chosen])
+
+    loss1.backward(retain_graph=True)
+    f1 = flat()
+    model.zero_grad(set_to_none=True)
+    loss2.backward(retain_graph=True)
+    f2 = flat()
+    model.zero_grad(set_to_none=True)
+    G = torch.tensor([[f1 @ f1, f1 @ f2], [f1 @ f2, f2 @ f2]], dtype=torch.float64)  # host sync
+    w1, w2 = [float(v) for v in weights_reference(G, method, kappa)]
+    (trade_off * w1 * loss1 + w2 * loss2).backward()
+    norm = float(G[0, 0] * G[1, 1])
+    return [w1, w2], (float(G[0, 1]) / math.sqrt(norm) if norm > 0 else 0.0)

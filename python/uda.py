@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gh_kernels  # noqa: E402
-from gh_kernels.reference import weights_reference  # noqa: E402
+from gh_kernels.reference import released_recipe_backward  # noqa: E402
 
 HARMONIZE = ("none", "gh", "gh++", "gh++released")
 
@@ -154,22 +154,6 @@ class RunResult:
     seconds: float = 0.0
 
 
-def released_step(model, dom, cls, method: str, kappa: float, trade_off: float):
-    """The authors' step written out: flatten after each backward, host branch, a third backward."""
-    chosen = model.shared_parameters()
-    dom.backward(retain_graph=True)
-    f1 = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in chosen])
-    model.zero_grad(set_to_none=True)
-    cls.backward(retain_graph=True)
-    f2 = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in chosen])
-    model.zero_grad(set_to_none=True)
-    G = torch.tensor([[f1 @ f1, f1 @ f2], [f1 @ f2, f2 @ f2]], dtype=torch.float64)  # host sync
-    w1, w2 = [float(v) for v in weights_reference(G, method, kappa)]
-    (trade_off * w1 * dom + w2 * cls).backward()
-    cos = float(G[0, 1] / math.sqrt(float(G[0, 0] * G[1, 1]))) if float(G[0, 0] * G[1, 1]) > 0 else 0.0
-    return [w1, w2], cos
-
-
 def train(cfg: Config, data=None, progress=None) -> RunResult:
     data = data or load_domains()
     device = torch.device(cfg.device)
@@ -197,7 +181,7 @@ def train(cfg: Config, data=None, progress=None) -> RunResult:
         if dom is None:  # source only
             scaler.scale(cls).backward()
         elif cfg.recipe == "released":
-            w, cos = released_step(model, dom, cls, method, cfg.kappa, cfg.trade_off)
+            w, cos = released_recipe_backward(model, model.shared_parameters(), dom, cls, method, cfg.kappa, cfg.trade_off)
             res.weights.append(w)
             res.cosines.append(cos)
         else:

@@ -25,18 +25,22 @@ def _triton_interpreter_supported():
         return False
 
 
-def cpu_backends():
-    """Backends that can run CPU tensors here (torch always; cpu with the extension; triton interpreted)."""
+def backends_for(device: str, candidates):
+    """The candidate backends that can serve tensors on ``device`` here."""
     names = []
-    for name in ("torch", "cpu", "triton"):
-        if name == "triton" and not _triton_interpreter_supported():
-            continue
+    for name in candidates:
         try:
-            backends.resolve(name, torch.device("cpu"))
+            backends.resolve(name, torch.device(device))
             names.append(name)
         except (backends.BackendUnavailable, ValueError):
             pass
     return names
+
+
+def cpu_backends():
+    """Backends that can run CPU tensors here (torch always; cpu with the extension; triton interpreted)."""
+    candidates = ("torch", "cpu", "triton") if _triton_interpreter_supported() else ("torch", "cpu")
+    return backends_for("cpu", candidates)
 
 
 def pytest_generate_tests(metafunc):

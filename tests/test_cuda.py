@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import gh_kernels
-from gh_kernels import backends
 from gh_kernels.reference import combine_reference, gram_reference, weights_reference
 
-from conftest import DTYPES, EPS, assert_field_error, conflicting_pair, make_set, plain_torch_gram
+from conftest import DTYPES, EPS, assert_field_error, backends_for, conflicting_pair, make_set, plain_torch_gram
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -16,15 +15,7 @@ SIZES = [0, 1, 3, 17, (5, 7), 1023, 1025, 16383, 16384, 16385, 70001, (33, 65, 3
 
 
 def cuda_backends():
-    names = []
-    if torch.cuda.is_available():
-        for b in ("cuda", "triton", "torch"):
-            try:
-                backends.resolve(b, torch.device("cuda"))
-                names.append(b)
-            except (backends.BackendUnavailable, ValueError):
-                pass
-    return names
+    return backends_for("cuda", ("cuda", "triton", "torch")) if torch.cuda.is_available() else []
 
 
 @pytest.fixture(params=cuda_backends() or ["none"])
