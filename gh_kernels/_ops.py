@@ -9,6 +9,11 @@ Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-maj
   bool accumulate) -> ()``: ``out[p] (+)= sum_k weights[k] * tensors[k*P + p]``, in place;
   ``out[p]`` may be one of the inputs.
 
+``combine_`` writes through raw pointers in the C++ and Triton kernels, which autograd cannot
+see: an ``ADInplaceOrView`` kernel bumps the version counter of every ``out`` tensor (as
+``torch.library.custom_op`` does for mutable arguments), so a tensor saved for backward and then
+overwritten raises in backward instead of giving wrong gradients.
+
 The pure-torch kernels are registered under ``CompositeExplicitAutograd`` (every device).
 Faster kernels register under the ``CPU``/``CUDA`` keys and take precedence: the C++
 extension from ``csrc/`` (``TORCH_LIBRARY_IMPL``), or the Triton kernels for ``CUDA`` when the
@@ -32,6 +37,21 @@ _lib.define(
 _lib.impl("gram", torch_backend.gram, "CompositeExplicitAutograd")
 _lib.impl("weights", torch_backend.weights, "CompositeExplicitAutograd")
 _lib.impl("combine_", torch_backend.combine_, "CompositeExplicitAutograd")
+
+
+def bump_versions(tensors) -> None:
+    """Tell autograd that ``tensors`` were modified in place."""
+    torch.autograd.graph.increment_version([t for t in tensors if t is not None])
+
+
+def _combine_adinplaceorview(keyset, out, tensors, num_sets, weights, accumulate):
+    with torch._C._AutoDispatchBelowADInplaceOrView():
+        torch.ops.gh_kernels.combine_.default.redispatch(
+            keyset & torch._C._after_ADInplaceOrView_keyset, out, tensors, num_sets, weights, accumulate)
+    bump_versions(out)
+
+
+_lib.impl("combine_", _combine_adinplaceorview, "ADInplaceOrView", with_keyset=True)
 
 
 @torch.library.register_fake(f"{LIBRARY_NAME}::gram", lib=_lib)

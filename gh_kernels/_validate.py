@@ -12,6 +12,8 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from ._memory import check_out_aliasing
+
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 TensorOrNone = Optional[torch.Tensor]
@@ -35,8 +37,8 @@ def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torc
     """Check that K sets align parameter by parameter; return their common device.
 
     Rules: same length; for every parameter index the non-None tensors share shape and
-    dtype; dtypes are float32/bfloat16/float16; one device for everything; at least one
-    tensor in all. Written as a fast pass (this runs on every step, before kernels of a few
+    dtype; dtypes are float32/bfloat16/float16; dense (strided) tensors with data (not sparse,
+    not meta); one device for everything; at least one tensor in all. Written as a fast pass (this runs on every step, before kernels of a few
     microseconds) that falls back to :func:`_explain` to name the offending argument.
     """
     if len(sets) == 0:
@@ -44,17 +46,19 @@ def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torc
     n = len(sets[0])
     if any(len(s) != n for s in sets):
         _explain(sets, names)
-    dtypes, devices = set(), set()
+    dtypes, devices, layouts = set(), set(), set()
     if len(sets) == 2:  # the common case, without the inner loop
         for a, b in zip(sets[0], sets[1]):
             if a is not None:
                 dtypes.add(a.dtype)
                 devices.add(a.device)
+                layouts.add(a.layout)
                 if b is not None and (b.dtype is not a.dtype or b.shape != a.shape):
                     _explain(sets, names)
             if b is not None:
                 dtypes.add(b.dtype)
                 devices.add(b.device)
+                layouts.add(b.layout)
     else:
         for p in range(n):
             ref = None
@@ -64,11 +68,13 @@ def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torc
                     continue
                 dtypes.add(t.dtype)
                 devices.add(t.device)
+                layouts.add(t.layout)
                 if ref is None:
                     ref = t
                 elif t.dtype is not ref.dtype or t.shape != ref.shape:
                     _explain(sets, names)
-    if len(devices) != 1 or not dtypes.issubset(SUPPORTED_DTYPES):
+    if len(devices) != 1 or not dtypes.issubset(SUPPORTED_DTYPES) or layouts != {torch.strided} \
+            or next(iter(devices)).type == "meta":
         _explain(sets, names)
     return devices.pop()
 
@@ -101,6 +107,7 @@ def _explain(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> None:
                 device, first_name = t.device, where
             elif t.device != device:
                 raise ValueError(f"{where} is on {t.device} but {first_name} is on {device}: all gradients must share one device")
+            _check_storage(t, where)
             if ref is None:
                 ref, ref_name = t, where
                 continue
@@ -111,18 +118,32 @@ def _explain(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> None:
     raise ValueError("grads contains no tensors (every entry is None or every set is empty)")
 
 
-def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], name: str = "out") -> None:
-    """``out[p]`` must exist and match the inputs' shape, dtype and device."""
+def _check_storage(t: torch.Tensor, where: str) -> None:
+    """Dense tensors with data: sparse layouts and meta tensors get an error naming the argument."""
+    if t.layout is not torch.strided:
+        raise TypeError(f"{where} has layout {t.layout}; gradients must be dense (torch.strided) tensors")
+    if t.device.type == "meta":
+        raise ValueError(f"{where} is a meta tensor (it has no data to read or write)")
+
+
+def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], name: str = "out",
+              set_names: Optional[Sequence[str]] = None) -> None:
+    """``out[p]`` must exist, match the inputs' shape, dtype and device, not be tracked by autograd,
+    and share memory only as ``_memory.check_out_aliasing`` allows. Raises before anything is written."""
     n = len(sets[0])
     if len(out) != n:
         raise ValueError(f"{name} has {len(out)} tensors but the gradient sets have {n}")
     for p, o in enumerate(out):
         ref = next((s[p] for s in sets if s[p] is not None), None)
         if ref is not None and isinstance(o, torch.Tensor) and o.dtype is ref.dtype and o.shape == ref.shape \
-                and o.device == ref.device:
+                and o.device == ref.device and not o.requires_grad:
             continue
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"{name}[{p}] must be a torch.Tensor, got {type(o).__name__}")
+        if o.requires_grad:
+            raise ValueError(f"{name}[{p}] requires grad: autograd tracks it, and an in-place write would corrupt "
+                             "the gradients computed through it; write into gradient buffers (detached tensors)")
+        _check_storage(o, f"{name}[{p}]")
         if o.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name}[{p}] has dtype {o.dtype}; supported: float32, bfloat16, float16")
         if ref is None:
@@ -132,6 +153,7 @@ def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], n
         if o.device != ref.device:
             raise ValueError(f"{name}[{p}] is on {o.device} but the gradients are on {ref.device}")
         raise TypeError(f"{name}[{p}] has dtype {o.dtype} but the gradients have {ref.dtype}")
+    check_out_aliasing(out, sets, name, set_names)
 
 
 def flatten_sets(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:

@@ -172,5 +172,15 @@ def kernel(name: str, op: str, device: torch.device) -> Callable:
     if name == "torch":
         return getattr(torch_backend, op)
     if name == "triton" and not (device.type == "cuda" and _triton_owns_cuda_key):
-        return getattr(_triton(), op)  # CPU tensors under the interpreter, or the extension owns CUDA
+        # CPU tensors under the interpreter, or the extension owns CUDA: called directly, so the
+        # version bump of _ops' ADInplaceOrView kernel is done here.
+        fn = getattr(_triton(), op)
+        if op != "combine_":
+            return fn
+
+        def combine_and_bump(out, *args):
+            fn(out, *args)
+            _ops.bump_versions(out)
+
+        return combine_and_bump
     return getattr(torch.ops.gh_kernels, op)

@@ -34,8 +34,14 @@ def _dist():
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("Harmonizer(sync=...) needs torch.distributed initialized (init_process_group)")
+        raise RuntimeError("Harmonizer(sync=...) needs torch.distributed initialized: call "
+                           "torch.distributed.init_process_group() before creating the Harmonizer")
     return dist
+
+
+def require_initialized() -> None:
+    """Raise a RuntimeError saying what to do when torch.distributed is not initialized."""
+    _dist()
 
 
 def local(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -72,6 +72,9 @@ def combine(
     ``w``: K weights, a float tensor on the gradients' device (read there, no sync).
     ``out``: per-parameter tensors to write (may be one of the input sets: in place);
     default: new tensors like the inputs (``None`` where every set has ``None``).
+    ``out[p]`` may be exactly an input tensor of parameter ``p``; any other memory overlap, an
+    ``out`` that requires grad, or a sparse/meta tensor raises before anything is written
+    (:mod:`gh_kernels._memory`). Written tensors get their autograd version counter bumped.
     Returns ``out`` (a list).
     """
     sets, device = _sets(grads)
@@ -132,7 +135,7 @@ def harmonize(
     sets, device = _sets([g1, g2], set_names=("g1", "g2"))
     if out is not None:
         out = list(as_set(out, "out"))
-        check_out(out, sets)
+        check_out(out, sets, set_names=("g1", "g2"))
     G = _gram_checked(sets, device, backend)
     w = weights(G, method, kappa=kappa, backend=backend)
     _combine_checked(w, sets, device, out, False, backend)

@@ -1,11 +1,17 @@
-"""``Harmonizer``: a training-step API with two backward passes and an in-place combine."""
+"""``Harmonizer``: a training-step API with two backward passes and an in-place combine.
+
+``backward`` is a short sequence of named steps: check the call (nothing touched yet), run the two
+backward passes (any failure restores every ``.grad``), fill and reduce across ranks, check the
+gradients, Gram matrix over the shared parameters, weights, combine and write back.
+"""
 from __future__ import annotations
 
 from typing import Iterable, List, NamedTuple, Optional
 
 import torch
 
-from . import distributed, functional
+from . import _step_checks as checks
+from . import backends, distributed, functional
 from ._validate import check_sets
 from .methods import check_method
 
@@ -25,42 +31,36 @@ class Harmonizer:
 
     Args:
         params: every parameter either loss reaches (e.g. ``model.parameters()``, domain
-            discriminator included). Duplicates are ignored.
-        shared: the parameters the Gram matrix is computed over (default: all of ``params``);
-            each must be in ``params``.
+            discriminator included). Duplicates are ignored. The first ``backward`` checks that
+            no parameter outside ``params`` is reached (its ``.grad`` would get a raw gradient).
+        shared: the parameters the Gram matrix is computed over; each must be in ``params``.
+            Default (``None``): at every step, the parameters that loss 2 (the classification
+            loss) reaches. In domain adaptation that is the feature extractor and the classifier,
+            without the discriminator that only loss 1 reaches: what the released code computes
+            its Gram matrix over. A ``shared`` that holds loss-1-only parameters gets a warning.
         method: ``"sum"``, ``"gh"``, ``"gh++"`` or ``"gh++released"`` (see ``gh_kernels.methods``).
         kappa: GH++ split in [0, 1].
         mode: ``"reweight"``: every parameter gets ``scale1*w1*g1 + scale2*w2*g2``, exactly the
             released code's third backward of ``scale1*w1*L1 + scale2*w2*L2``. ``"surgery"``:
             only ``shared`` parameters are harmonized, the others get ``scale1*g1 + scale2*g2``.
-        backend: kernel backend for the Gram and combine passes (default: automatic).
+        backend: kernel backend for the Gram and combine passes (default: automatic); checked here.
         sync: data-parallel mode (see :mod:`gh_kernels.distributed`): ``None`` (no communication),
             ``"global"`` (DDP under ``no_sync()``: harmonize the all-rank averaged gradients, exact),
             ``"local"`` (harmonize per rank, then average the updates) or ``"sharded"`` (FSDP2 /
-            DTensor shards: all-reduce only the 2x2 Gram partials).
+            DTensor shards: all-reduce only the 2x2 Gram partials). Needs an initialized process group.
         process_group: the group to communicate over (default: the world).
 
     Slot 1 is the alignment (transfer) loss, slot 2 the classification loss.
     """
 
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor],
-        *,
-        shared: Optional[Iterable[torch.Tensor]] = None,
-        method: str = "gh",
-        kappa: float = 0.5,
-        mode: str = "reweight",
-        backend: Optional[str] = None,
-        sync: Optional[str] = None,
-        process_group=None,
-    ):
+    def __init__(self, params: Iterable[torch.Tensor], *, shared: Optional[Iterable[torch.Tensor]] = None,
+                 method: str = "gh", kappa: float = 0.5, mode: str = "reweight", backend: Optional[str] = None,
+                 sync: Optional[str] = None, process_group=None):
         check_method(method, kappa)
-        if sync not in distributed.SYNC_MODES:
-            raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
-        self.sync, self.process_group = sync, process_group
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+        if sync not in distributed.SYNC_MODES:
+            raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
         self.params: List[torch.Tensor] = []
         seen = set()
         for i, p in enumerate(params):
@@ -71,9 +71,9 @@ class Harmonizer:
                 self.params.append(p)
         if not self.params:
             raise ValueError("params is empty: pass every parameter either loss reaches")
-        if shared is None:
-            self.shared_index = list(range(len(self.params)))
-        else:
+        checks.check_params(self.params)
+        self.shared_index: Optional[List[int]] = None
+        if shared is not None:
             position = {id(p): i for i, p in enumerate(self.params)}
             self.shared_index = []
             for j, p in enumerate(shared):
@@ -83,16 +83,12 @@ class Harmonizer:
                     self.shared_index.append(position[id(p)])
             if not self.shared_index:
                 raise ValueError("shared is empty: pass the parameters the Gram matrix is computed over")
+        self.device = distributed.local(self.params[0]).device
+        backends.resolve(backend, self.device, 2)  # an unknown or unusable backend fails here, not mid-step
+        checks.check_sync(sync)
         self.method, self.kappa, self.mode, self.backend = method, float(kappa), mode, backend
-        self._is_shared = [False] * len(self.params)
-        for i in self.shared_index:
-            self._is_shared[i] = True
-
-    def _take_grads(self) -> List[Optional[torch.Tensor]]:
-        grads = [p.grad for p in self.params]
-        for p in self.params:
-            p.grad = None
-        return grads
+        self.sync, self.process_group = sync, process_group
+        self._graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
 
     def backward(self, loss1: torch.Tensor, loss2: torch.Tensor, *, scale1: float = 1.0, scale2: float = 1.0,
                  retain_graph: bool = False) -> HarmonizeResult:
@@ -100,80 +96,107 @@ class Harmonizer:
 
         Existing ``.grad`` contents are added to (gradient accumulation works). ``scale1`` is
         the released code's ``trade_off``; the weights are computed from the unscaled losses'
-        gradients. Returns a :class:`HarmonizeResult` of device tensors.
+        gradients. All or nothing: if anything raises (a bad argument, an autograd error), every
+        ``.grad`` is left as it was. Loss 2's backward runs first and keeps its graph; loss 1's
+        backward then frees the graph unless ``retain_graph``: only the part that loss 2 alone
+        reaches (the classifier head in domain adaptation) stays alive while you hold ``loss2``.
         """
-        previous = self._take_grads()
-        if loss1.requires_grad:
-            loss1.backward(retain_graph=True)
-        g1 = self._take_grads()
-        if loss2.requires_grad:
-            loss2.backward(retain_graph=retain_graph)
-        g2 = self._take_grads()
-        # What we write back into .grad (DTensor gradients stay DTensors; kernels see their shards).
-        wrap1, wrap2, wrap_prev = list(g1), list(g2), list(previous)
-        g1 = [distributed.local(t) for t in g1]
-        g2 = [distributed.local(t) for t in g2]
-        previous = [distributed.local(t) for t in previous]
+        self._check_call(loss1, loss2)
+        previous = [p.grad for p in self.params]
+        try:
+            g2 = self._backward_pass(loss2, retain_graph=True)
+            g1 = self._backward_pass(loss1, retain_graph=retain_graph)
+            wrapped = (previous, g1, g2)  # what goes back into .grad (DTensor gradients stay DTensors)
+            prev, g1, g2 = ([distributed.local(t) for t in s] for s in wrapped)
+            self._fill_and_reduce(g1, g2, wrapped)
+            device = self._check_grads(g1, g2)
+            G = self._gram(g1, g2, device)
+            w = functional.weights(G, self.method, kappa=self.kappa, backend=self.backend)
+        except BaseException:
+            for p, g in zip(self.params, previous):
+                p.grad = g
+            raise
+        self._write(g1, g2, prev, wrapped, w, scale1, scale2, device)
+        norm_prod = (G[0, 0] * G[1, 1]).sqrt()
+        cos = torch.where(norm_prod > 0, G[0, 1] / norm_prod.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm_prod))
+        return HarmonizeResult(w, cos, G)
 
-        device = self.params[0].device
-        if self.sync in ("global", "local"):
-            # A parameter may have a gradient on some ranks only: give it zeros where it has none.
-            anywhere = distributed.present_anywhere(g1, g2, device, self.process_group)
-            for i, (has1, has2) in enumerate(anywhere):
-                if has1 and g1[i] is None:
-                    g1[i] = wrap1[i] = torch.zeros_like(distributed.local(self.params[i]))
-                if has2 and g2[i] is None:
-                    g2[i] = wrap2[i] = torch.zeros_like(distributed.local(self.params[i]))
-            if self.sync == "global":
-                distributed.all_reduce_mean_([t for t in g1 + g2 if t is not None], self.process_group)
+    def _check_call(self, loss1, loss2) -> None:
+        checks.check_loss(loss1, "loss1")
+        checks.check_loss(loss2, "loss2")
+        checks.check_params(self.params)
+        checks.check_sync(self.sync)
+        if not self._graph_checked:
+            checks.check_graph(loss1, loss2, self.params, self.shared_index)
+            self._graph_checked = True
+
+    def _backward_pass(self, loss, retain_graph) -> List[Optional[torch.Tensor]]:
+        for p in self.params:
+            p.grad = None
+        loss.backward(retain_graph=retain_graph)
+        return [p.grad for p in self.params]
+
+    def _fill_and_reduce(self, g1, g2, wrapped) -> None:
+        """global/local: a parameter with a gradient on some ranks only gets zeros elsewhere; global: average."""
+        if self.sync not in ("global", "local"):
+            return
+        anywhere = distributed.present_anywhere(g1, g2, self.device, self.process_group)
+        for i, (has1, has2) in enumerate(anywhere):
+            for has, g, w in ((has1, g1, wrapped[1]), (has2, g2, wrapped[2])):
+                if has and g[i] is None:
+                    g[i] = w[i] = torch.zeros_like(distributed.local(self.params[i]))
+        if self.sync == "global":
+            distributed.all_reduce_mean_([t for t in g1 + g2 if t is not None], self.process_group)
+
+    def _check_grads(self, g1, g2) -> torch.device:
+        """Dtypes, layouts and devices of what the backward passes produced (named by parameter index)."""
         if any(t is not None for t in g1) or any(t is not None for t in g2):
-            # One validation per step (dtypes, devices); autograd guarantees matching shapes.
-            device = check_sets([g1, g2], ["loss1 gradients", "loss2 gradients"])
-        s1 = [g1[i] for i in self.shared_index]
-        s2 = [g2[i] for i in self.shared_index]
+            return check_sets([g1, g2], ["the loss1 gradient of params", "the loss2 gradient of params"])
+        return self.device
+
+    def _gram(self, g1, g2, device) -> torch.Tensor:
+        index = self.shared_index if self.shared_index is not None else [i for i, t in enumerate(g2) if t is not None]
+        s1, s2 = [g1[i] for i in index], [g2[i] for i in index]
         if any(t is not None and t.numel() > 0 for t in s1 + s2):
             G = functional._gram_checked([s1, s2], device, self.backend)
         else:
             G = torch.zeros(2, 2, dtype=torch.float32, device=device)
         if self.sync == "sharded":
             G = distributed.all_reduce_sum_(G.contiguous(), self.process_group)  # every rank, even with an empty shard
-        w = functional.weights(G, self.method, kappa=self.kappa, backend=self.backend)
-        norm_prod = (G[0, 0] * G[1, 1]).sqrt()
-        cos = torch.where(norm_prod > 0, G[0, 1] / norm_prod.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm_prod))
+        return G
 
+    def _write(self, g1, g2, prev, wrapped, w, scale1, scale2, device) -> None:
+        """Combine, grouped by (weights, accumulate) so each group is one fused call; write into .grad."""
+        wrap_prev, wrap1, wrap2 = wrapped
         harmonized = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
-        plain = None  # (scale1, scale2), built on the device only when surgery mode needs it
-        # "local": combine into the fresh gradients first, average, then add to what .grad held.
-        defer_previous = self.sync == "local"
-
-        # Group parameters by (weights, accumulate) so each group is one fused combine call.
-        groups = {}
-        results = {}
+        is_shared = None if self.shared_index is None else set(self.shared_index)
+        defer_previous = self.sync == "local"  # combine fresh gradients, average, then add to what .grad held
+        groups, results = {}, {}
         for i, p in enumerate(self.params):
-            a, b, prev = g1[i], g2[i], previous[i]
-            if a is None and b is None:
+            if g1[i] is None and g2[i] is None:
                 p.grad = wrap_prev[i]
                 continue
-            use_plain = self.mode == "surgery" and not self._is_shared[i]
-            if prev is not None and not defer_previous:
-                out, acc, wrapped = prev, True, wrap_prev[i]
+            shared = g2[i] is not None if is_shared is None else i in is_shared
+            use_plain = self.mode == "surgery" and not shared
+            if prev[i] is not None and not defer_previous:
+                out, acc, target = prev[i], True, wrap_prev[i]
             else:  # in place into a gradient we own
-                out, acc, wrapped = (b, False, wrap2[i]) if b is not None else (a, False, wrap1[i])
+                out, acc, target = (g2[i], False, wrap2[i]) if g2[i] is not None else (g1[i], False, wrap1[i])
             groups.setdefault((use_plain, acc), []).append((i, out))
-            results[i] = (out, wrapped)
+            results[i] = (out, target)
         for (use_plain, acc), members in groups.items():
-            if use_plain and plain is None:
+            if use_plain:
                 one = torch.ones((), dtype=torch.float32, device=device)
-                plain = torch.stack((one * scale1, one * scale2))
+                weights = torch.stack((one * scale1, one * scale2))
+            else:
+                weights = harmonized
             idx = [i for i, _ in members]
-            outs = [o for _, o in members]
-            functional._combine_checked(plain if use_plain else harmonized, [[g1[i] for i in idx], [g2[i] for i in idx]],
-                                        device, outs, acc, self.backend)
+            functional._combine_checked(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
+                                        [o for _, o in members], acc, self.backend)
         if defer_previous:
             distributed.all_reduce_mean_([o for o, _ in results.values()], self.process_group)
-        for i, (out, wrapped) in results.items():
-            if defer_previous and previous[i] is not None:
-                previous[i].add_(out)
-                wrapped = wrap_prev[i]
-            self.params[i].grad = wrapped
-        return HarmonizeResult(w, cos, G)
+        for i, (out, target) in results.items():
+            if defer_previous and prev[i] is not None:
+                prev[i].add_(out)
+                target = wrap_prev[i]
+            self.params[i].grad = target

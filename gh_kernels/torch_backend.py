@@ -1,17 +1,48 @@
 """Pure-torch kernels: the default implementation of every op on every device.
 
-No ``torch.cat`` of gradients and no host synchronization. Dot products run per parameter
-(``torch.dot`` on float32 views; half-precision tensors are upcast one parameter at a time,
-so the transient copy is at most the largest parameter, never the whole gradient). The
-combine uses ``torch._foreach_*`` ops with the weights as 0-dim device tensors, in place.
-Non-contiguous tensors are handled by ``reshape`` (a per-parameter copy) in the Gram pass and
-by strided in-place ops in the combine.
+No ``torch.cat`` of gradients and no host synchronization.
+
+* Gram: per parameter and pair, the float32 products are summed in fixed blocks of ``BLOCK``
+  elements (one row each, so each row is summed by one thread in a fixed order) into float64,
+  and the block sums in a fixed order. ``torch.dot`` splits its sum by thread count, so its
+  result changes between 1 and 2 threads; this does not. Half-precision tensors are upcast one
+  parameter at a time (the transient copy is at most the largest parameter).
+* Combine: ``y = sum_k w_k * float32(x_k) (+ float32(out))`` into fresh float32 temporaries,
+  then ``out.copy_(y)``. Every input is read before any output is written, so ``out`` may alias
+  any input (the same tensor in several sets included), and 16-bit gradients get float32
+  intermediates (no overflow of ``w*x`` in float16). Parameters are processed in batches of at
+  most ``BATCH_ELEMENTS`` elements, which bounds the temporaries.
 """
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
 import torch
+
+BLOCK = 4096
+BATCH_ELEMENTS = 1 << 24
+
+
+def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
+    """Sum of a float64 vector in an order that does not depend on the thread count."""
+    while v.numel() > BLOCK:  # ATen splits one large reduction across threads; rows of BLOCK it does not
+        pad = (-v.numel()) % BLOCK
+        if pad:
+            v = torch.cat([v, v.new_zeros(pad)])
+        v = v.view(-1, BLOCK).sum(1)
+    return v.sum()
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """float64 0-dim <a, b> of two flat float32 tensors, thread-count independent."""
+    n = a.numel()
+    full = n - n % BLOCK
+    parts = []
+    if full:
+        parts.append((a[:full].view(-1, BLOCK) * b[:full].view(-1, BLOCK)).sum(1, dtype=torch.float64))
+    if full < n:
+        parts.append((a[full:] * b[full:]).sum(dtype=torch.float64).reshape(1))
+    return _fixed_order_sum(torch.cat(parts)) if len(parts) > 1 or full else parts[0][0]
 
 
 def _as_f32_flat(t: torch.Tensor) -> torch.Tensor:
@@ -30,14 +61,25 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
         flats = [None if tensors[k * P + p] is None else _as_f32_flat(tensors[k * P + p]) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None and flats[i].numel() > 0:
-                terms[q].append(torch.dot(flats[i], flats[j]))
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    vals = torch.stack([torch.stack(t).sum() if t else zero for t in terms])
+                terms[q].append(_dot(flats[i], flats[j]))
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    vals = torch.stack([_fixed_order_sum(torch.stack(t)) if t else zero for t in terms]).to(torch.float32)
     G = torch.zeros(K, K, dtype=torch.float32, device=device)
     iu = torch.triu_indices(K, K, device=device)
     G[iu[0], iu[1]] = vals
     G[iu[1], iu[0]] = vals
     return G
+
+
+def _batches(ps: List[int], out: Sequence[torch.Tensor]) -> List[List[int]]:
+    batches, current, size = [], [], 0
+    for p in ps:
+        current.append(p)
+        size += out[p].numel()
+        if size >= BATCH_ELEMENTS:
+            batches.append(current)
+            current, size = [], 0
+    return batches + ([current] if current else [])
 
 
 def combine_(
@@ -47,41 +89,29 @@ def combine_(
     weights: torch.Tensor,
     accumulate: bool,
 ) -> None:
-    """``out[p] = sum_k weights[k] * set_k[p]`` (``+= `` when accumulating), in place.
-
-    ``out[p]`` may be the very tensor ``set_k[p]`` (in-place harmonization); every element
-    is read before it is written, so aliasing is exact.
-    """
+    """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32, then written."""
     K = num_sets
     P = len(out)
     w = weights.to(torch.float32)
     w_k = [w[k] for k in range(K)]
-    # Group parameters by which set (if any) out[p] aliases, so each group is a few foreach calls.
-    groups = {}
+    groups = {}  # parameters with the same present sets: a few foreach calls per group
     for p in range(P):
-        o = out[p]
-        present = tuple(k for k in range(K) if tensors[k * P + p] is not None)
-        alias = next((k for k in present if tensors[k * P + p] is o or _same_memory(tensors[k * P + p], o)), -1)
-        groups.setdefault((alias, present), []).append(p)
-    for (alias, present), ps in groups.items():
-        outs = [out[p] for p in ps]
-        if alias >= 0:
-            # out holds set_alias: scale it first (by w, or 1 + w when accumulating onto itself).
-            torch._foreach_mul_(outs, w_k[alias] + 1 if accumulate else w_k[alias])
-        elif not accumulate:
-            torch._foreach_zero_(outs)
-        for k in present:
-            if k == alias:
+        groups.setdefault(tuple(k for k in range(K) if tensors[k * P + p] is not None), []).append(p)
+    for present, ps in groups.items():
+        for batch in _batches(ps, out):
+            outs = [out[p] for p in batch]
+            if not present:
+                if not accumulate:
+                    torch._foreach_zero_(outs)
                 continue
-            ins = [tensors[k * P + p] for p in ps]
-            torch._foreach_addcmul_(outs, ins, [w_k[k]] * len(ps))
-
-
-def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    # Under torch.compile tensors have no storage to compare: aliasing is recognised by identity there.
-    if torch.compiler.is_compiling():
-        return False
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.numel() > 0
+            first = present[0]
+            y = torch._foreach_mul([tensors[first * P + p].to(torch.float32) for p in batch], w_k[first])
+            for k in present[1:]:
+                ins = [tensors[k * P + p].to(torch.float32) for p in batch]
+                torch._foreach_addcmul_(y, ins, [w_k[k]] * len(batch))
+            if accumulate:
+                torch._foreach_add_(y, [o.to(torch.float32) for o in outs])
+            torch._foreach_copy_(outs, y)
 
 
 def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:

@@ -114,8 +114,10 @@ def test_parameter_reached_by_one_loss_is_never_dropped(backend):
     unused = nn.Parameter(torch.randn(2))
     l1 = (shared_a * torch.arange(5.0)).sum() + (only_l1 ** 2).sum()
     l2 = -(shared_a * torch.arange(5.0)).sum() * 0.5 + only_l2.sum()
-    h = gh_kernels.Harmonizer([shared_a, only_l1, only_l2, unused], method="gh", backend=backend)
-    res = h.backward(l1, l2)
+    params = [shared_a, only_l1, only_l2, unused]
+    h = gh_kernels.Harmonizer(params, shared=params, method="gh", backend=backend)
+    with pytest.warns(UserWarning, match="reached by loss1 only"):  # only_l1 is in shared on purpose here
+        res = h.backward(l1, l2)
     # Over all parameters: g1 = (arange, 2*only_l1, 0), g2 = (-0.5*arange, 0, ones).
     g1 = torch.cat([torch.arange(5.0), 2 * only_l1.detach(), torch.zeros(4)])
     g2 = torch.cat([-0.5 * torch.arange(5.0), torch.zeros(3), torch.ones(4)])
@@ -191,11 +193,12 @@ def test_grad_scaler_scaled_losses_give_same_weights(backend):
         torch.testing.assert_close(p.grad / 1024.0, grads[n], rtol=1e-5, atol=1e-7)
 
 
-def test_loss_without_grad_is_zero_gradient(backend):
+def test_loss_without_grad_is_an_error_and_grad_stays(backend):
     p = nn.Parameter(torch.randn(3))
-    res = gh_kernels.Harmonizer([p], backend=backend).backward(torch.tensor(0.0), (p ** 2).sum())
-    assert torch.equal(res.weights, torch.ones(2))
-    torch.testing.assert_close(p.grad, 2 * p.detach())
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="loss1 does not require grad"):
+        gh_kernels.Harmonizer([p], backend=backend).backward(torch.tensor(0.0), (p ** 2).sum())
+    assert torch.equal(p.grad, torch.ones(3))
 
 
 def test_harmonizer_argument_errors():

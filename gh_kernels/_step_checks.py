@@ -1,0 +1,64 @@
+"""Checks ``Harmonizer`` runs before it touches any ``.grad`` (errors name ``loss1``, ``params[i]`` ...).
+
+Everything that can be known before the two backward passes is checked here, so that a bad call
+raises with ``.grad`` untouched; what only the backward passes reveal (a sparse gradient, a graph
+already freed) is caught by ``Harmonizer``'s restore-on-failure.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import _graph, distributed
+from ._validate import SUPPORTED_DTYPES
+
+
+def check_loss(loss, name: str) -> None:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (a loss), got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"{name} must be a scalar loss (one element) to backpropagate from; got shape {tuple(loss.shape)}")
+    if not loss.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point loss, got dtype {loss.dtype}")
+    if not loss.requires_grad:
+        raise ValueError(f"{name} does not require grad (computed under torch.no_grad(), detached, or from tensors "
+                         "that do not require grad): it has no gradient to harmonize")
+
+
+def check_params(params: Sequence[torch.Tensor]) -> None:
+    """Dtypes the kernels support, dense parameters (a parameter's gradient has its dtype)."""
+    for i, p in enumerate(params):
+        if p.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"params[{i}] has dtype {p.dtype}; supported parameter dtypes are float32, bfloat16 "
+                            "and float16")
+        if p.layout is not torch.strided:
+            raise TypeError(f"params[{i}] has layout {p.layout}; parameters must be dense (torch.strided)")
+
+
+def check_sync(sync: Optional[str]) -> None:
+    if sync is not None:
+        distributed.require_initialized()
+
+
+def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch.Tensor],
+                shared_index: Optional[List[int]]) -> None:
+    """Parameters the losses reach must be in ``params``; warn when ``shared`` holds loss-1-only ones."""
+    reached = [_graph.reached_parameters(loss1), _graph.reached_parameters(loss2)]
+    position = {id(p): i for i, p in enumerate(params)}
+    for k, found in enumerate(reached):
+        for key, leaf in found.items():
+            if key not in position:
+                raise ValueError(
+                    f"loss{k + 1} reaches a parameter of shape {tuple(leaf.shape)} that is not in params: backward would "
+                    f"leave loss{k + 1}'s raw gradient in its .grad (without the weights or scale{k + 1}). Pass every "
+                    "parameter either loss reaches (e.g. model.parameters(), the domain discriminator included)")
+    if shared_index is not None:
+        only1 = [i for i in shared_index if id(params[i]) in reached[0] and id(params[i]) not in reached[1]]
+        if only1:
+            warnings.warn(
+                f"Harmonizer: {len(only1)} shared parameter(s) (params[{only1[0]}], ...) are reached by loss1 only "
+                "(a domain discriminator?): their gradient enlarges |g1| alone and pushes the angle toward 90 degrees, "
+                "which weakens harmonization. The released recipe computes the Gram matrix over the feature extractor "
+                "and classifier only; leave shared=None to use the parameters loss2 reaches.", stacklevel=3)
