@@ -19,8 +19,7 @@ no addresses to compare and these checks are skipped.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -39,37 +38,53 @@ def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
 
 
-def check_out_aliasing(out: Sequence[Optional[torch.Tensor]], sets: Sequence[Sequence[Optional[torch.Tensor]]],
+def _ranges(ts: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """int64 tensors of ``lo`` and ``hi`` (extent) for non-empty tensors; list comprehensions, no per-tensor loop."""
+    lo = [t.data_ptr() for t in ts]
+    hi = [a + n for a, n in zip(lo, [t.nbytes for t in ts])]
+    for i, t in enumerate(ts):
+        if not t.is_contiguous():  # rare: strided views get their true extent
+            lo[i], hi[i] = extent(t)
+    return torch.tensor(lo, dtype=torch.int64), torch.tensor(hi, dtype=torch.int64)
+
+
+def check_out_aliasing(out: Sequence[torch.Tensor], sets: Sequence[Sequence[Optional[torch.Tensor]]],
                        name: str = "out", set_names: Optional[Sequence[str]] = None) -> None:
-    """Raise ValueError, naming the indices, when ``out`` shares memory in a way the rules above forbid."""
+    """Raise ValueError, naming the indices, when ``out`` shares memory in a way the rules above forbid.
+
+    Vectorized: the outs' ranges are sorted once; each input is located among them with one
+    ``searchsorted``, and only the few inputs that touch an out are looked at one by one.
+    """
     if torch.compiler.is_compiling():
         return
     set_names = list(set_names) if set_names is not None else [f"grads[{k}]" for k in range(len(sets))]
-    spans: List[Tuple[int, int, int]] = []
-    for p, o in enumerate(out):
-        if o is None or o.numel() == 0:
-            continue
+    o_idx = [p for p, o in enumerate(out) if o.numel()]
+    outs = [out[p] for p in o_idx]
+    for p, o in zip(o_idx, outs):
         if not o.is_contiguous() and torch._debug_has_internal_overlap(o) == 1:
             raise ValueError(f"{name}[{p}] has elements that share memory (an expand()-ed or stride-0 tensor): "
                              "it cannot be written; pass a tensor with its own memory")
-        lo, hi = extent(o)
-        spans.append((lo, hi, p))
-    spans.sort()
-    for (_, hi0, p0), (lo1, _, p1) in zip(spans, spans[1:]):
-        if lo1 < hi0:
-            a, b = sorted((p0, p1))
-            raise ValueError(f"{name}[{a}] and {name}[{b}] overlap in memory: every out tensor needs memory of its own")
-    los = [s[0] for s in spans]
-    for k, s in enumerate(sets):
-        for p, t in enumerate(s):
-            if t is None or t.numel() == 0 or (p < len(out) and t is out[p]):
-                continue
-            lo, hi = extent(t)
-            j = bisect_left(los, hi) - 1  # spans are disjoint and sorted: walk back over those ending after lo
-            while j >= 0 and spans[j][1] > lo:
-                q = spans[j][2]
-                if not (q == p and same_view(t, out[q])):
-                    raise ValueError(
-                        f"{name}[{q}] overlaps {set_names[k]}[{p}] in memory: {name}[{q}] may be exactly one of the "
-                        f"input tensors of parameter {q} (in-place), but must not share memory with anything else")
-                j -= 1
+    if not outs:
+        return
+    lo, hi = _ranges(outs)
+    order = torch.argsort(lo)
+    lo, hi = lo[order], hi[order]
+    clash = (lo[1:] < hi[:-1]).nonzero()
+    if len(clash):
+        i = int(clash[0, 0])
+        a, b = sorted((o_idx[int(order[i])], o_idx[int(order[i + 1])]))
+        raise ValueError(f"{name}[{a}] and {name}[{b}] overlap in memory: every out tensor needs memory of its own")
+    ins = [(k, p, t) for k, s in enumerate(sets) for p, t in enumerate(s)
+           if t is not None and t is not out[p] and t.numel()]
+    if not ins:
+        return
+    in_lo, in_hi = _ranges([t for _, _, t in ins])
+    j = torch.searchsorted(lo, in_hi) - 1  # the last out starting before the input ends; outs are disjoint
+    touch = ((j >= 0) & (hi[j.clamp_min(0)] > in_lo)).nonzero()
+    for i in touch[:, 0].tolist():
+        k, p, t = ins[i]
+        q = o_idx[int(order[int(j[i])])]
+        if not (q == p and same_view(t, out[q])):
+            raise ValueError(
+                f"{name}[{q}] overlaps {set_names[k]}[{p}] in memory: {name}[{q}] may be exactly one of the "
+                f"input tensors of parameter {q} (in-place), but must not share memory with anything else")

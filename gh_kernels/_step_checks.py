@@ -15,6 +15,16 @@ from . import _graph, distributed
 from ._validate import SUPPORTED_DTYPES
 
 
+def unique_tensors(params) -> List[torch.Tensor]:
+    """``params`` as a list without duplicates (first occurrence kept); non-tensors name their index."""
+    unique = {}
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"params[{i}] must be a torch.Tensor (a parameter), got {type(p).__name__}")
+        unique.setdefault(id(p), p)
+    return list(unique.values())
+
+
 def check_loss(loss, name: str) -> None:
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"{name} must be a tensor (a loss), got {type(loss).__name__}")

@@ -175,12 +175,5 @@ def kernel(name: str, op: str, device: torch.device) -> Callable:
         # CPU tensors under the interpreter, or the extension owns CUDA: called directly, so the
         # version bump of _ops' ADInplaceOrView kernel is done here.
         fn = getattr(_triton(), op)
-        if op != "combine_":
-            return fn
-
-        def combine_and_bump(out, *args):
-            fn(out, *args)
-            _ops.bump_versions(out)
-
-        return combine_and_bump
+        return fn if op != "combine_" else (lambda out, *args: (fn(out, *args), _ops.bump_versions(out))[0])
     return getattr(torch.ops.gh_kernels, op)

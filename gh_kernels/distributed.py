@@ -105,6 +105,20 @@ def present_anywhere(g1: Sequence[Optional[torch.Tensor]], g2: Sequence[Optional
     return flags.cpu().bool().tolist()
 
 
+def fill_and_reduce(g1: List[Optional[torch.Tensor]], g2: List[Optional[torch.Tensor]], wrapped, params, device,
+                    sync: str, group=None) -> None:
+    """"global"/"local": a parameter with a gradient on some ranks only gets zeros on the others
+    (in ``g1``/``g2`` and in ``wrapped``, the lists written back into ``.grad``); "global" then
+    averages g1 and g2 over the ranks."""
+    anywhere = present_anywhere(g1, g2, device, group)
+    for i, (has1, has2) in enumerate(anywhere):
+        for has, g, w in ((has1, g1, wrapped[0]), (has2, g2, wrapped[1])):
+            if has and g[i] is None:
+                g[i] = w[i] = torch.zeros_like(local(params[i]))
+    if sync == "global":
+        all_reduce_mean_([t for t in g1 + g2 if t is not None], group)
+
+
 def all_reduce_sum_(t: torch.Tensor, group=None) -> torch.Tensor:
     """Sum a small tensor (the Gram partials) over the ranks, in place."""
     _dist().all_reduce(t, group=group)

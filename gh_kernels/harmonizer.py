@@ -1,9 +1,6 @@
-"""``Harmonizer``: a training-step API with two backward passes and an in-place combine.
-
-``backward`` is a short sequence of named steps: check the call (nothing touched yet), run the two
-backward passes (any failure restores every ``.grad``), fill and reduce across ranks, check the
-gradients, Gram matrix over the shared parameters, weights, combine and write back.
-"""
+"""``Harmonizer``: a training-step API with two backward passes and an in-place combine. ``backward``
+runs named steps: check the call (nothing touched yet), two backward passes (a failure restores every
+``.grad``), fill/reduce across ranks, check the gradients, Gram over ``shared``, weights, write back."""
 from __future__ import annotations
 
 from typing import Iterable, List, NamedTuple, Optional
@@ -44,10 +41,8 @@ class Harmonizer:
             released code's third backward of ``scale1*w1*L1 + scale2*w2*L2``. ``"surgery"``:
             only ``shared`` parameters are harmonized, the others get ``scale1*g1 + scale2*g2``.
         backend: kernel backend for the Gram and combine passes (default: automatic); checked here.
-        sync: data-parallel mode (see :mod:`gh_kernels.distributed`): ``None`` (no communication),
-            ``"global"`` (DDP under ``no_sync()``: harmonize the all-rank averaged gradients, exact),
-            ``"local"`` (harmonize per rank, then average the updates) or ``"sharded"`` (FSDP2 /
-            DTensor shards: all-reduce only the 2x2 Gram partials). Needs an initialized process group.
+        sync: data-parallel mode, ``None``, ``"global"`` (DDP, exact), ``"local"`` or ``"sharded"``
+            (FSDP2); see :mod:`gh_kernels.distributed`. Needs an initialized process group.
         process_group: the group to communicate over (default: the world).
 
     Slot 1 is the alignment (transfer) loss, slot 2 the classification loss.
@@ -61,14 +56,7 @@ class Harmonizer:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
         if sync not in distributed.SYNC_MODES:
             raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
-        self.params: List[torch.Tensor] = []
-        seen = set()
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params[{i}] must be a torch.Tensor (a parameter), got {type(p).__name__}")
-            if id(p) not in seen:
-                seen.add(id(p))
-                self.params.append(p)
+        self.params: List[torch.Tensor] = checks.unique_tensors(params)
         if not self.params:
             raise ValueError("params is empty: pass every parameter either loss reaches")
         checks.check_params(self.params)
@@ -97,9 +85,9 @@ class Harmonizer:
         Existing ``.grad`` contents are added to (gradient accumulation works). ``scale1`` is
         the released code's ``trade_off``; the weights are computed from the unscaled losses'
         gradients. All or nothing: if anything raises (a bad argument, an autograd error), every
-        ``.grad`` is left as it was. Loss 2's backward runs first and keeps its graph; loss 1's
-        backward then frees the graph unless ``retain_graph``: only the part that loss 2 alone
-        reaches (the classifier head in domain adaptation) stays alive while you hold ``loss2``.
+        ``.grad`` is left as it was. Loss 2's backward runs first (keeping its graph), then loss 1's
+        frees the graph unless ``retain_graph``: only what loss 2 alone reaches (in domain
+        adaptation, the classifier head) stays saved while you hold ``loss2``.
         """
         self._check_call(loss1, loss2)
         previous = [p.grad for p in self.params]
@@ -108,7 +96,8 @@ class Harmonizer:
             g1 = self._backward_pass(loss1, retain_graph=retain_graph)
             wrapped = (previous, g1, g2)  # what goes back into .grad (DTensor gradients stay DTensors)
             prev, g1, g2 = ([distributed.local(t) for t in s] for s in wrapped)
-            self._fill_and_reduce(g1, g2, wrapped)
+            if self.sync in ("global", "local"):
+                distributed.fill_and_reduce(g1, g2, wrapped[1:], self.params, self.device, self.sync, self.process_group)
             device = self._check_grads(g1, g2)
             G = self._gram(g1, g2, device)
             w = functional.weights(G, self.method, kappa=self.kappa, backend=self.backend)
@@ -136,23 +125,11 @@ class Harmonizer:
         loss.backward(retain_graph=retain_graph)
         return [p.grad for p in self.params]
 
-    def _fill_and_reduce(self, g1, g2, wrapped) -> None:
-        """global/local: a parameter with a gradient on some ranks only gets zeros elsewhere; global: average."""
-        if self.sync not in ("global", "local"):
-            return
-        anywhere = distributed.present_anywhere(g1, g2, self.device, self.process_group)
-        for i, (has1, has2) in enumerate(anywhere):
-            for has, g, w in ((has1, g1, wrapped[1]), (has2, g2, wrapped[2])):
-                if has and g[i] is None:
-                    g[i] = w[i] = torch.zeros_like(distributed.local(self.params[i]))
-        if self.sync == "global":
-            distributed.all_reduce_mean_([t for t in g1 + g2 if t is not None], self.process_group)
-
     def _check_grads(self, g1, g2) -> torch.device:
         """Dtypes, layouts and devices of what the backward passes produced (named by parameter index)."""
-        if any(t is not None for t in g1) or any(t is not None for t in g2):
-            return check_sets([g1, g2], ["the loss1 gradient of params", "the loss2 gradient of params"])
-        return self.device
+        if all(t is None for t in g1) and all(t is None for t in g2):
+            return self.device
+        return check_sets([g1, g2], ["the loss1 gradient of params", "the loss2 gradient of params"])
 
     def _gram(self, g1, g2, device) -> torch.Tensor:
         index = self.shared_index if self.shared_index is not None else [i for i, t in enumerate(g2) if t is not None]
@@ -185,11 +162,8 @@ class Harmonizer:
             groups.setdefault((use_plain, acc), []).append((i, out))
             results[i] = (out, target)
         for (use_plain, acc), members in groups.items():
-            if use_plain:
-                one = torch.ones((), dtype=torch.float32, device=device)
-                weights = torch.stack((one * scale1, one * scale2))
-            else:
-                weights = harmonized
+            one = torch.ones((), dtype=torch.float32, device=device)  # built on the device: no host copy
+            weights = torch.stack((one * scale1, one * scale2)) if use_plain else harmonized
             idx = [i for i, _ in members]
             functional._combine_checked(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
                                         [o for _, o in members], acc, self.backend)
