@@ -44,6 +44,14 @@ def bump_versions(tensors) -> None:
     torch.autograd.graph.increment_version([t for t in tensors if t is not None])
 
 
+def with_version_bump(combine_):
+    """A combine kernel called outside the dispatcher misses the ADInplaceOrView kernel below: bump here."""
+    def combine_and_bump(out, *args):
+        combine_(out, *args)
+        bump_versions(out)
+    return combine_and_bump
+
+
 def _combine_adinplaceorview(keyset, out, tensors, num_sets, weights, accumulate):
     with torch._C._AutoDispatchBelowADInplaceOrView():
         torch.ops.gh_kernels.combine_.default.redispatch(

@@ -5,8 +5,8 @@ Backends:
 * ``"torch"``: pure-torch kernels (``torch_backend.py``); every device; always available.
 * ``"cpu"``: the C++ CPU kernels of the extension ``gh_kernels._C`` (``csrc/cpu``).
 * ``"cuda"``: the C++/CUDA kernels of the same extension, when it was built with CUDA (``csrc/cuda``).
-* ``"triton"``: the Triton kernels (``triton_*.py``); CUDA tensors, or CPU tensors when
-  ``TRITON_INTERPRET=1`` was set before Triton was imported (how CI tests them).
+* ``"triton"``: the Triton kernels (``triton_*.py``); CUDA tensors, or CPU tensors under
+  ``TRITON_INTERPRET=1`` set before Triton is imported (how CI tests them).
 
 Choice, per call: the ``backend=`` argument, else ``GH_KERNELS_BACKEND`` (``auto`` by default).
 ``auto`` picks the fastest backend that loaded for the tensors' device (CPU: cpu > torch;
@@ -172,8 +172,6 @@ def kernel(name: str, op: str, device: torch.device) -> Callable:
     if name == "torch":
         return getattr(torch_backend, op)
     if name == "triton" and not (device.type == "cuda" and _triton_owns_cuda_key):
-        # CPU tensors under the interpreter, or the extension owns CUDA: called directly, so the
-        # version bump of _ops' ADInplaceOrView kernel is done here.
-        fn = getattr(_triton(), op)
-        return fn if op != "combine_" else (lambda out, *args: (fn(out, *args), _ops.bump_versions(out))[0])
+        # CPU tensors under the interpreter, or the extension owns CUDA: called directly
+        return _ops.with_version_bump(_triton().combine_) if op == "combine_" else getattr(_triton(), op)
     return getattr(torch.ops.gh_kernels, op)

@@ -2,11 +2,12 @@
 
 No ``torch.cat`` of gradients and no host synchronization.
 
-* Gram: per parameter and pair, the float32 products are summed in fixed blocks of ``BLOCK``
-  elements (one row each, so each row is summed by one thread in a fixed order) into float64,
-  and the block sums in a fixed order. ``torch.dot`` splits its sum by thread count, so its
-  result changes between 1 and 2 threads; this does not. Half-precision tensors are upcast one
-  parameter at a time (the transient copy is at most the largest parameter).
+* Gram: ``torch.dot`` splits its sum across threads above a size (8192 elements with MKL), so its
+  result would change with the thread count. A tensor of at most ``BLOCK`` elements gets one
+  ``torch.dot`` (serial at that size); a larger one is cut into rows of ``BLOCK`` elements whose
+  float32 sums ATen computes one row per thread in a fixed order. Each pair's pieces are then
+  summed in float64 in a fixed order: bitwise the same result for any thread count, and about
+  one op per parameter and pair. Half-precision tensors are upcast one parameter at a time.
 * Combine: ``y = sum_k w_k * float32(x_k) (+ float32(out))`` into fresh float32 temporaries,
   then ``out.copy_(y)``. Every input is read before any output is written, so ``out`` may alias
   any input (the same tensor in several sets included), and 16-bit gradients get float32
@@ -33,16 +34,19 @@ def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
     return v.sum()
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """float64 0-dim <a, b> of two flat float32 tensors, thread-count independent."""
-    n = a.numel()
-    full = n - n % BLOCK
-    parts = []
-    if full:
-        parts.append((a[:full].view(-1, BLOCK) * b[:full].view(-1, BLOCK)).sum(1, dtype=torch.float64))
-    if full < n:
-        parts.append((a[full:] * b[full:]).sum(dtype=torch.float64).reshape(1))
-    return _fixed_order_sum(torch.cat(parts)) if len(parts) > 1 or full else parts[0][0]
+def _split(t: torch.Tensor):
+    """A flat float32 tensor as (rows of BLOCK elements or None, the rest): the pieces ``_dot_pieces`` sums."""
+    n = t.numel()
+    full = n - n % BLOCK if n > BLOCK else 0
+    return (t[:full].view(-1, BLOCK) if full else None), t[full:]
+
+
+def _dot_pieces(a, b, scalars: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
+    """Append <a, b> of two split tensors as float32 pieces whose sum is thread-count independent."""
+    if a[0] is not None:
+        rows.append(torch.linalg.vecdot(a[0], b[0], dim=1))  # one row per thread, each in a fixed order
+    if a[1].numel():
+        scalars.append(torch.dot(a[1], b[1]))  # at most BLOCK elements: serial
 
 
 def _as_f32_flat(t: torch.Tensor) -> torch.Tensor:
@@ -56,14 +60,19 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     P = len(tensors) // K
     device = next(t.device for t in tensors if t is not None)
     pairs = [(i, j) for i in range(K) for j in range(i, K)]
-    terms: List[List[torch.Tensor]] = [[] for _ in pairs]
+    scalars: List[List[torch.Tensor]] = [[] for _ in pairs]
+    rows: List[List[torch.Tensor]] = [[] for _ in pairs]
     for p in range(P):
-        flats = [None if tensors[k * P + p] is None else _as_f32_flat(tensors[k * P + p]) for k in range(K)]
+        flats = [None if tensors[k * P + p] is None else _split(_as_f32_flat(tensors[k * P + p])) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
-            if flats[i] is not None and flats[j] is not None and flats[i].numel() > 0:
-                terms[q].append(_dot(flats[i], flats[j]))
+            if flats[i] is not None and flats[j] is not None:
+                _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    vals = torch.stack([_fixed_order_sum(torch.stack(t)) if t else zero for t in terms]).to(torch.float32)
+    sums = []
+    for sc, rw in zip(scalars, rows):
+        pieces = rw + ([torch.stack(sc)] if sc else [])
+        sums.append(_fixed_order_sum(torch.cat(pieces).double()) if pieces else zero)
+    vals = torch.stack(sums).to(torch.float32)
     G = torch.zeros(K, K, dtype=torch.float32, device=device)
     iu = torch.triu_indices(K, K, device=device)
     G[iu[0], iu[1]] = vals
