@@ -76,6 +76,11 @@ class Harmonizer:
         checks.check_sync(sync)
         self.method, self.kappa, self.mode, self.backend = method, float(kappa), mode, backend
         self.sync, self.process_group = sync, process_group
+        self._is_shared = None
+        if self.shared_index is not None:
+            self._is_shared = [False] * len(self.params)
+            for i in self.shared_index:
+                self._is_shared[i] = True
         self._graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
 
     def backward(self, loss1: torch.Tensor, loss2: torch.Tensor, *, scale1: float = 1.0, scale2: float = 1.0,
@@ -113,8 +118,7 @@ class Harmonizer:
     def _check_call(self, loss1, loss2) -> None:
         checks.check_loss(loss1, "loss1")
         checks.check_loss(loss2, "loss2")
-        checks.check_params(self.params)
-        checks.check_sync(self.sync)
+        checks.check_sync(self.sync)  # parameter dtypes: checked by the constructor, and in _check_grads
         if not self._graph_checked:
             checks.check_graph(loss1, loss2, self.params, self.shared_index)
             self._graph_checked = True
@@ -146,14 +150,13 @@ class Harmonizer:
         """Combine, grouped by (weights, accumulate) so each group is one fused call; write into .grad."""
         wrap_prev, wrap1, wrap2 = wrapped
         harmonized = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
-        is_shared = None if self.shared_index is None else set(self.shared_index)
         defer_previous = self.sync == "local"  # combine fresh gradients, average, then add to what .grad held
         groups, results = {}, {}
         for i, p in enumerate(self.params):
             if g1[i] is None and g2[i] is None:
                 p.grad = wrap_prev[i]
                 continue
-            shared = g2[i] is not None if is_shared is None else i in is_shared
+            shared = g2[i] is not None if self._is_shared is None else self._is_shared[i]
             use_plain = self.mode == "surgery" and not shared
             if prev[i] is not None and not defer_previous:
                 out, acc, target = prev[i], True, wrap_prev[i]
@@ -162,8 +165,10 @@ class Harmonizer:
             groups.setdefault((use_plain, acc), []).append((i, out))
             results[i] = (out, target)
         for (use_plain, acc), members in groups.items():
-            one = torch.ones((), dtype=torch.float32, device=device)  # built on the device: no host copy
-            weights = torch.stack((one * scale1, one * scale2)) if use_plain else harmonized
+            weights = harmonized
+            if use_plain:  # (scale1, scale2) built on the device: no host copy
+                one = torch.ones((), dtype=torch.float32, device=device)
+                weights = torch.stack((one * scale1, one * scale2))
             idx = [i for i, _ in members]
             functional._combine_checked(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
                                         [o for _, o in members], acc, self.backend)
