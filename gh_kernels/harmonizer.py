@@ -76,11 +76,9 @@ class Harmonizer:
         checks.check_sync(sync)
         self.method, self.kappa, self.mode, self.backend = method, float(kappa), mode, backend
         self.sync, self.process_group = sync, process_group
-        self._is_shared = None
-        if self.shared_index is not None:
-            self._is_shared = [False] * len(self.params)
-            for i in self.shared_index:
-                self._is_shared[i] = True
+        self._is_shared = None if self.shared_index is None else [False] * len(self.params)
+        for i in self.shared_index or []:
+            self._is_shared[i] = True
         self._graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
 
     def backward(self, loss1: torch.Tensor, loss2: torch.Tensor, *, scale1: float = 1.0, scale2: float = 1.0,
