@@ -7,12 +7,15 @@ No ``torch.cat`` of gradients and no host synchronization.
   ``torch.dot`` (serial at that size); a larger one is cut into rows of ``BLOCK`` elements whose
   float32 sums ATen computes one row per thread in a fixed order. Each pair's pieces are then
   summed in float64 in a fixed order: bitwise the same result for any thread count, and about
-  one op per parameter and pair. Half-precision tensors are upcast one parameter at a time.
+  one op per parameter and pair. Rows are processed ``ROWS_PER_CALL`` at a time and 16-bit rows
+  upcast per slice, so temporaries stay a few MB even for a 100M-element tensor.
 * Combine: ``y = sum_k w_k * float32(x_k) (+ float32(out))`` into fresh float32 temporaries,
   then ``out.copy_(y)``. Every input is read before any output is written, so ``out`` may alias
   any input (the same tensor in several sets included), and 16-bit gradients get float32
-  intermediates (no overflow of ``w*x`` in float16). Parameters are processed in batches of at
-  most ``BATCH_ELEMENTS`` elements, which bounds the temporaries.
+  intermediates (no overflow of ``w*x`` in float16). Large contiguous parameters are cut into
+  flat chunks of ``CHUNK`` elements and chunks are processed in batches of about
+  ``BATCH_ELEMENTS`` elements, which bounds the temporaries. Chunking keeps the result exact: the
+  one aliasing the API allows, ``out[p]`` being an input of parameter ``p``, aliases chunk for chunk.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from typing import List, Optional, Sequence
 import torch
 
 BLOCK = 4096
-BATCH_ELEMENTS = 1 << 24
+ROWS_PER_CALL = 256  # rows per vecdot call: a 4 MB product temporary, not one the size of the tensor
+CHUNK = 1 << 20
+BATCH_ELEMENTS = 1 << 20
 
 
 def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
@@ -35,23 +40,22 @@ def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
 
 
 def _split(t: torch.Tensor):
-    """A flat float32 tensor as (rows of BLOCK elements or None, the rest): the pieces ``_dot_pieces`` sums."""
+    """A flat tensor as (rows of BLOCK elements in its own dtype, or None; the rest as float32)."""
     n = t.numel()
     full = n - n % BLOCK if n > BLOCK else 0
-    return (t[:full].view(-1, BLOCK) if full else None), t[full:]
+    return (t[:full].view(-1, BLOCK) if full else None), t[full:].to(torch.float32)
 
 
 def _dot_pieces(a, b, scalars: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
     """Append <a, b> of two split tensors as float32 pieces whose sum is thread-count independent."""
-    if a[0] is not None:
+    if a[0] is not None and len(a[0]) <= ROWS_PER_CALL and a[0].dtype == torch.float32:
         rows.append(torch.linalg.vecdot(a[0], b[0], dim=1))  # one row per thread, each in a fixed order
+    elif a[0] is not None:  # float32 slices of ROWS_PER_CALL rows
+        rows += [torch.linalg.vecdot(a[0][r:r + ROWS_PER_CALL].to(torch.float32),
+                                     b[0][r:r + ROWS_PER_CALL].to(torch.float32), dim=1)
+                 for r in range(0, len(a[0]), ROWS_PER_CALL)]
     if a[1].numel():
         scalars.append(torch.dot(a[1], b[1]))  # at most BLOCK elements: serial
-
-
-def _as_f32_flat(t: torch.Tensor) -> torch.Tensor:
-    t = t.reshape(-1)
-    return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
 def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
@@ -63,7 +67,7 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     scalars: List[List[torch.Tensor]] = [[] for _ in pairs]
     rows: List[List[torch.Tensor]] = [[] for _ in pairs]
     for p in range(P):
-        flats = [None if tensors[k * P + p] is None else _split(_as_f32_flat(tensors[k * P + p])) for k in range(K)]
+        flats = [None if tensors[k * P + p] is None else _split(tensors[k * P + p].reshape(-1)) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
@@ -80,11 +84,24 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     return G
 
 
-def _batches(ps: List[int], out: Sequence[torch.Tensor]) -> List[List[int]]:
+def _chunks(out, tensors, num_sets):
+    """(out, [input per set or None]) items: large contiguous parameters as flat CHUNK-element pieces."""
+    P = len(out)
+    for p, o in enumerate(out):
+        ins = [tensors[k * P + p] for k in range(num_sets)]
+        if o.numel() > CHUNK and o.is_contiguous() and all(t is None or t.is_contiguous() for t in ins):
+            flat_o, flat_in = o.view(-1), [None if t is None else t.view(-1) for t in ins]
+            for s in range(0, o.numel(), CHUNK):
+                yield flat_o[s:s + CHUNK], [None if t is None else t[s:s + CHUNK] for t in flat_in]
+        else:
+            yield o, ins
+
+
+def _batches(items):
     batches, current, size = [], [], 0
-    for p in ps:
-        current.append(p)
-        size += out[p].numel()
+    for item in items:
+        current.append(item)
+        size += item[0].numel()
         if size >= BATCH_ELEMENTS:
             batches.append(current)
             current, size = [], 0
@@ -100,24 +117,21 @@ def combine_(
 ) -> None:
     """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32, then written."""
     K = num_sets
-    P = len(out)
     w = weights.to(torch.float32)
     w_k = [w[k] for k in range(K)]
-    groups = {}  # parameters with the same present sets: a few foreach calls per group
-    for p in range(P):
-        groups.setdefault(tuple(k for k in range(K) if tensors[k * P + p] is not None), []).append(p)
-    for present, ps in groups.items():
-        for batch in _batches(ps, out):
-            outs = [out[p] for p in batch]
+    groups = {}  # items with the same present sets: a few foreach calls per batch
+    for o, ins in _chunks(out, tensors, K):
+        groups.setdefault(tuple(k for k in range(K) if ins[k] is not None), []).append((o, ins))
+    for present, items in groups.items():
+        for batch in _batches(items):
+            outs = [o for o, _ in batch]
             if not present:
                 if not accumulate:
                     torch._foreach_zero_(outs)
                 continue
-            first = present[0]
-            y = torch._foreach_mul([tensors[first * P + p].to(torch.float32) for p in batch], w_k[first])
+            y = torch._foreach_mul([ins[present[0]].to(torch.float32) for _, ins in batch], w_k[present[0]])
             for k in present[1:]:
-                ins = [tensors[k * P + p].to(torch.float32) for p in batch]
-                torch._foreach_addcmul_(y, ins, [w_k[k]] * len(batch))
+                torch._foreach_addcmul_(y, [ins[k].to(torch.float32) for _, ins in batch], [w_k[k]] * len(batch))
             if accumulate:
                 torch._foreach_add_(y, [o.to(torch.float32) for o in outs])
             torch._foreach_copy_(outs, y)

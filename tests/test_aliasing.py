@@ -145,17 +145,3 @@ def test_meta_and_sparse_arguments_are_named(backend):
         gh_kernels.gram([g, [sparse]], backend=backend)
     with pytest.raises(TypeError, match=r"g1\[0\] has layout torch.sparse_coo"):
         gh_kernels.harmonize([sparse], g, backend=backend)
-
-
-# ---------------------------------------------------------------- D9: torch backend Gram, thread-count independent
-def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
-    sets = [make_set([100_003, 4096 * 3, 5, (70, 1000)], torch.float32, gen) for _ in range(3)]
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(gh_kernels.gram(sets, backend="torch"))
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(r, results[0]) for r in results)

@@ -1,0 +1,53 @@
+"""The pure-torch backend's own guarantees (safety issue D9): a Gram matrix bitwise independent of the
+thread count, and exact chunked paths for large tensors (Gram rows, combine chunks, aliasing)."""
+import pytest
+import torch
+
+import gh_kernels
+from gh_kernels.reference import combine_reference, gram_reference
+
+from conftest import EPS, make_set
+
+
+# ---------------------------------------------------------------- D9: torch backend Gram, thread-count independent
+def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
+    sets = [make_set([100_003, 4096 * 3, 5, (70, 1000)], torch.float32, gen) for _ in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(gh_kernels.gram(sets, backend="torch"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_backend_chunked_paths(dtype, gen):
+    """Tensors above CHUNK elements / ROWS_PER_CALL rows: chunked Gram and combine, aliasing, accumulation."""
+    from gh_kernels import torch_backend as tb
+
+    n = tb.CHUNK + 3 * tb.BLOCK + 5  # > one combine chunk and > ROWS_PER_CALL rows, with a tail
+    g1, g2 = make_set([n, 7], dtype, gen), make_set([n, 7], dtype, gen)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            results.append(gh_kernels.gram([g1, g2], backend="torch"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(results[0].double(), gram_reference([g1, g2]), rtol=1e-5, atol=1e-2)
+    w = torch.tensor([0.75, -1.5])
+    init = [t.clone() for t in g2]
+    expect = combine_reference(w, [g1, g2], out_init=init)
+    gh_kernels.combine(w, [g1, g2], out=g2, accumulate=True, backend="torch")  # out aliases g2, chunk for chunk
+    for p, (o, r) in enumerate(zip(g2, expect)):
+        terms = init[p].double().abs() + 0.75 * g1[p].double().abs() + 1.5 * init[p].double().abs()
+        bound = 2 * EPS[dtype] * r.abs() + 4 * EPS[torch.float32] * terms + 2.0 ** -24
+        assert ((o.double() - r).abs() <= bound).all(), f"seed={gen.initial_seed()}"
+    x = g1[0].clone()
+    gh_kernels.combine(torch.tensor([2.0, 3.0]), [[x], [x]], out=[x], backend="torch")  # one tensor, both sets
+    torch.testing.assert_close(x.double(), 5 * g1[0].double(), rtol=2 * EPS[dtype], atol=0)
