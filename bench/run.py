@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmark suite for the available device and write the results.
 
   python -m bench --quick            # small sizes, a table in under a minute (the README's main job)
-  python -m bench                    # the full suite (CPU: ~15 min on 2 cores)
+  python -m bench                    # the full suite (CPU: ~45 min on 2 cores)
   python -m bench --device cuda      # on a GPU machine (bench/gpu_check.sh runs this)
 
 Writes ``bench/results/<device>-<date>/`` (or ``--out``): micro.csv, e2e.csv, summary.md,
