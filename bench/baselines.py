@@ -82,7 +82,5 @@ def pcgrad_style(g1: List[torch.Tensor], g2: List[torch.Tensor], out: List[torch
 
 
 def torch_best_effort(g1, g2, out, method="gh", kappa=0.5):
-    return gh_kernels.harmonize(g1, g2, method=method, kappa=kappa, out=out, backend="torch")
+    return gh_kernels.harmonize(g1, g2, method=method, kappa=kappa, out=out, backend="torch").weights
 
-
-BASELINE_BYTES_PER_ELEMENT = {"released_recipe": 17, "pcgrad_style": 31, "torch_best_effort": 5, "fused": 5}

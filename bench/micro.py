@@ -2,7 +2,7 @@
 
 Each implementation leaves ``w1*g1 + w2*g2`` in per-parameter tensors. GB/s is counted as
 5N x bytes-per-element / time for every row (the fused path's minimum traffic), so rows compare
-directly; ``bytes_model`` says what each implementation really moves (see ``baselines.py``).
+directly; ``bytes_model`` says what each implementation really moves (``registry.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 import gh_kernels
 
-from . import baselines, shapes
+from . import registry, shapes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -50,33 +50,6 @@ def compile_wanted(case: str, n: int, dtype: str, device: torch.device) -> bool:
 def memory_wanted(case: str, n: int, dtype: str, device: torch.device) -> bool:
     """GPU: every case (cheap); CPU: a fresh process per measurement, so the model lists and N=1e7 in float32."""
     return device.type == "cuda" or (dtype == "float32" and (case in ("resnet50", "vit_b16") or (case == "sweep" and n == 10_000_000)))
-
-
-def implementations(device: torch.device, with_compile: bool) -> Dict[str, Callable]:
-    impls: Dict[str, Callable] = {}
-    for b in gh_kernels.available_backends():
-        if b == "torch":
-            continue
-        try:
-            gh_kernels.backends.resolve(b, device)
-        except (gh_kernels.BackendUnavailable, ValueError):
-            continue
-        if b == "triton" and device.type == "cpu":
-            continue  # the interpreter is a correctness tool, not a speed one
-        impls[f"gh_kernels[{b}]"] = (lambda b: lambda g1, g2, out: gh_kernels.harmonize(g1, g2, out=out, backend=b))(b)
-    impls["torch_best_effort"] = baselines.torch_best_effort
-    if with_compile:
-        compiled = torch.compile(lambda g1, g2, out: gh_kernels.harmonize(g1, g2, out=out, backend="torch"))
-        impls["torch_compile"] = compiled
-    impls["released_recipe"] = lambda g1, g2, out: baselines.released_recipe(g1, g2, out)
-    impls["pcgrad_style"] = baselines.pcgrad_style
-    return impls
-
-
-def bytes_model(name: str) -> int:
-    if name.startswith("gh_kernels") or name in ("torch_best_effort", "torch_compile"):
-        return 5
-    return baselines.BASELINE_BYTES_PER_ELEMENT[name]
 
 
 def time_it(fn: Callable[[], object], device: torch.device, min_time: float) -> Dict[str, float]:
@@ -131,7 +104,7 @@ def _memcase(arg: str) -> None:
     case, n, dtype, impl = json.loads(arg)
     device = torch.device("cpu")
     g1, g2, out = make_lists(case_shapes(case, n), DTYPES[dtype], device)
-    fn = implementations(device, with_compile=False)[impl]
+    fn = registry.implementations(device, with_compile=False)[impl].fn
     from .memory import peak_mb, reset_peak
 
     for o in out:  # fault the output pages in first: writing them is not extra memory
@@ -144,7 +117,7 @@ def _memcase(arg: str) -> None:
 
 def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_time: float, with_compile: bool,
               memory: bool, log=print) -> List[dict]:
-    impls = implementations(device, with_compile)
+    impls = registry.implementations(device, with_compile)
     rows = []
     for case, n_req in cases:
         shp = case_shapes(case, n_req)
@@ -154,7 +127,8 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
             g1, g2, out = make_lists(shp, dtype, device)
             elem = torch.finfo(dtype).bits // 8
             case_rows = []
-            for name, fn in impls.items():
+            for name, impl in impls.items():
+                fn = impl.fn
                 if name == "torch_compile" and not compile_wanted(case, n, dname, device):
                     continue
                 if name == "pcgrad_style" and n > PCGRAD_MAX_N:
@@ -166,7 +140,7 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
                     log(f"  {case} {dname} {name}: failed: {type(e).__name__}: {e}")
                     continue
                 row = {"case": case, "n": n, "tensors": len(shp), "dtype": dname, "impl": name, **t,
-                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{bytes_model(name)}N"}
+                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{impl.bytes_per_element}N"}
                 if memory and memory_wanted(case, n, dname, device):
                     if device.type == "cuda":
                         row["extra_mem_mb"] = gpu_extra_memory(call, device)
@@ -176,7 +150,7 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
                 log(f"  {case:10s} N={n:>11,d} {dname:8s} {name:22s} {t['median_ms']:9.3f} ms  {row['gbps_5n']:7.1f} GB/s")
             by = {r["impl"]: r["median_ms"] for r in case_rows}
             for r in case_rows:
-                for base in ("released_recipe", "pcgrad_style", "torch_best_effort", "torch_compile"):
+                for base in registry.BASELINE_COLUMNS:
                     if base in by:
                         r[f"speedup_vs_{base}"] = by[base] / r["median_ms"]
             rows += case_rows

@@ -1,11 +1,17 @@
-"""The three ops, declared once: schema, fake (meta) kernel, and the pure-torch default kernel.
+"""The ops, declared once: schemas, fake (meta) kernels and the in-place bookkeeping.
+
+Every op has one overload per backend, so every backend is reached through the dispatcher
+(``torch.compile`` sees one opaque op; ``torch.library.opcheck`` checks each backend):
+``torch.ops.gh_kernels.gram.cpu``, ``torch.ops.gh_kernels.combine_.triton``, ... Each backend
+registers its kernels for its overloads beside its code (``gh_kernels/backends/<name>/``);
+:mod:`gh_kernels.backends.registry` chooses the overload that serves a call.
 
 Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-major
 (``tensors[k * P + p]`` is set ``k``'s gradient of parameter ``p``); ``None`` means zero.
 
-* ``gh_kernels::gram(Tensor?[] tensors, int num_sets) -> Tensor``: K x K float32 Gram matrix.
-* ``gh_kernels::weights(Tensor gram, str method, float kappa) -> Tensor``: (2,) float32 weights.
-* ``gh_kernels::combine_(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights,
+* ``gram.<backend>(Tensor?[] tensors, int num_sets) -> Tensor``: K x K float32 Gram matrix.
+* ``weights.<backend>(Tensor gram, str method, float kappa) -> Tensor``: (2,) float32 weights.
+* ``combine_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights,
   bool accumulate) -> ()``: ``out[p] (+)= sum_k weights[k] * tensors[k*P + p]``, in place;
   ``out[p]`` may be one of the inputs.
 
@@ -13,30 +19,29 @@ Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-maj
 see: an ``ADInplaceOrView`` kernel bumps the version counter of every ``out`` tensor (as
 ``torch.library.custom_op`` does for mutable arguments), so a tensor saved for backward and then
 overwritten raises in backward instead of giving wrong gradients.
-
-The pure-torch kernels are registered under ``CompositeExplicitAutograd`` (every device).
-Faster kernels register under the ``CPU``/``CUDA`` keys and take precedence: the C++
-extension from ``csrc/`` (``TORCH_LIBRARY_IMPL``), or the Triton kernels for ``CUDA`` when the
-extension has no CUDA kernels (see ``backends.py``).
 """
 from __future__ import annotations
 
 import torch
 
-from . import torch_backend
-
 LIBRARY_NAME = "gh_kernels"
+#: One overload of every op per backend (the names of gh_kernels.backends.registry.BACKENDS).
+OVERLOADS = ("torch", "cpu", "cuda", "triton")
 
 _lib = torch.library.Library(LIBRARY_NAME, "DEF")
-_lib.define("gram(Tensor?[] tensors, int num_sets) -> Tensor")
-_lib.define("weights(Tensor gram, str method, float kappa) -> Tensor")
-_lib.define(
-    "combine_(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights, bool accumulate) -> ()"
-)
 
-_lib.impl("gram", torch_backend.gram, "CompositeExplicitAutograd")
-_lib.impl("weights", torch_backend.weights, "CompositeExplicitAutograd")
-_lib.impl("combine_", torch_backend.combine_, "CompositeExplicitAutograd")
+
+def _gram_fake(tensors, num_sets):
+    device = next(t.device for t in tensors if t is not None)
+    return torch.empty((num_sets, num_sets), dtype=torch.float32, device=device)
+
+
+def _weights_fake(gram, method, kappa):
+    return torch.empty((2,), dtype=torch.float32, device=gram.device)
+
+
+def _combine_fake(out, tensors, num_sets, weights, accumulate):
+    return None
 
 
 def bump_versions(tensors) -> None:
@@ -44,45 +49,37 @@ def bump_versions(tensors) -> None:
     torch.autograd.graph.increment_version([t for t in tensors if t is not None])
 
 
-def with_version_bump(combine_):
-    """A combine kernel called outside the dispatcher misses the ADInplaceOrView kernel below: bump here."""
-    def combine_and_bump(out, *args):
-        combine_(out, *args)
+def _combine_adinplaceorview(overload):
+    def kernel(keyset, out, tensors, num_sets, weights, accumulate):
+        with torch._C._AutoDispatchBelowADInplaceOrView():
+            overload.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, out, tensors, num_sets, weights, accumulate)
         bump_versions(out)
-    return combine_and_bump
+    return kernel
 
 
-def _combine_adinplaceorview(keyset, out, tensors, num_sets, weights, accumulate):
-    with torch._C._AutoDispatchBelowADInplaceOrView():
-        torch.ops.gh_kernels.combine_.default.redispatch(
-            keyset & torch._C._after_ADInplaceOrView_keyset, out, tensors, num_sets, weights, accumulate)
-    bump_versions(out)
+for _name in OVERLOADS:
+    _lib.define(f"gram.{_name}(Tensor?[] tensors, int num_sets) -> Tensor")
+    _lib.define(f"weights.{_name}(Tensor gram, str method, float kappa) -> Tensor")
+    _lib.define(f"combine_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights, bool accumulate) -> ()")
+    torch.library.register_fake(f"{LIBRARY_NAME}::gram.{_name}", _gram_fake, lib=_lib)
+    torch.library.register_fake(f"{LIBRARY_NAME}::weights.{_name}", _weights_fake, lib=_lib)
+    torch.library.register_fake(f"{LIBRARY_NAME}::combine_.{_name}", _combine_fake, lib=_lib)
+    _lib.impl(f"combine_.{_name}", _combine_adinplaceorview(getattr(torch.ops.gh_kernels.combine_, _name)),
+              "ADInplaceOrView", with_keyset=True)
 
 
-_lib.impl("combine_", _combine_adinplaceorview, "ADInplaceOrView", with_keyset=True)
+def op(name: str, backend: str):
+    """The overload of op ``name`` (``"gram"``, ``"weights"``, ``"combine_"``) that runs ``backend``'s kernel."""
+    return getattr(getattr(torch.ops.gh_kernels, name), backend)
 
 
-@torch.library.register_fake(f"{LIBRARY_NAME}::gram", lib=_lib)
-def _gram_fake(tensors, num_sets):
-    device = next(t.device for t in tensors if t is not None)
-    return torch.empty((num_sets, num_sets), dtype=torch.float32, device=device)
+def has_kernel(name: str, backend: str, dispatch_key: str) -> bool:
+    """Whether op ``name``'s ``backend`` overload has a kernel for ``dispatch_key`` itself."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY_NAME}::{name}.{backend}", dispatch_key)
 
 
-@torch.library.register_fake(f"{LIBRARY_NAME}::weights", lib=_lib)
-def _weights_fake(gram, method, kappa):
-    return torch.empty((2,), dtype=torch.float32, device=gram.device)
-
-
-@torch.library.register_fake(f"{LIBRARY_NAME}::combine_", lib=_lib)
-def _combine_fake(out, tensors, num_sets, weights, accumulate):
-    return None
-
-
-def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether ``gh_kernels::<op>`` has a kernel registered for ``dispatch_key`` itself."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY_NAME}::{op}", dispatch_key)
-
-
-def register_python_kernel(op: str, dispatch_key: str, fn) -> None:
-    """Register a Python kernel (the Triton launchers) for one dispatch key."""
-    _lib.impl(op, fn, dispatch_key)
+def register_kernels(backend: str, dispatch_key: str, gram, weights, combine_) -> None:
+    """Register a Python backend's three kernels for its overloads under ``dispatch_key``."""
+    _lib.impl(f"gram.{backend}", gram, dispatch_key)
+    _lib.impl(f"weights.{backend}", weights, dispatch_key)
+    _lib.impl(f"combine_.{backend}", combine_, dispatch_key)

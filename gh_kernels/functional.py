@@ -8,13 +8,21 @@ synchronizes with the host.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from . import backends
-from ._validate import GradSet, as_set, check_out, check_sets, flatten_sets
+from . import _dispatch
+from ._validate import GradSet, TensorOrNone, as_set, check_out, check_sets
 from .methods import check_method
+
+
+class HarmonizeOutput(NamedTuple):
+    """What :func:`harmonize` computed, as device tensors (nothing is copied to the host)."""
+
+    out: List[TensorOrNone]  #: w1*g1 + w2*g2 per parameter (the ``out`` list, or new tensors)
+    weights: torch.Tensor  #: (2,) float32: (w1, w2)
+    gram: torch.Tensor  #: (2, 2) float32 Gram matrix of g1 and g2
 
 
 def _sets(grads: Sequence[GradSet], name: str = "grads", set_names: Optional[Sequence[str]] = None):
@@ -32,17 +40,11 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
     One pass over the data; float32 accumulation whatever the input dtype.
     """
     sets, device = _sets(grads)
-    return _gram_checked(sets, device, backend)
-
-
-def _gram_checked(sets, device, backend):
-    """gram on sets that passed ``check_sets`` (callers that validated once skip it here)."""
-    name = backends.resolve(backend, device, len(sets))
-    return backends.kernel(name, "gram", device)(flatten_sets(sets), len(sets))
+    return _dispatch.gram(sets, device, backend)
 
 
 def weights(G: torch.Tensor, method: str = "gh", *, kappa: float = 0.5, backend: Optional[str] = None) -> torch.Tensor:
-    """Weights ``(w1, w2)`` of METHOD.md from the 2x2 Gram matrix ``G``: float32 (2,) on G's device.
+    """Weights ``(w1, w2)`` of docs/METHOD.md from the 2x2 Gram matrix ``G``: float32 (2,) on G's device.
 
     ``method``: ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++) or ``"gh++released"``;
     ``kappa`` in [0, 1] splits the GH++ turn (0.5: equal shares). No host synchronization.
@@ -55,8 +57,7 @@ def weights(G: torch.Tensor, method: str = "gh", *, kappa: float = 0.5, backend:
         raise ValueError(f"G must be the 2x2 Gram matrix of two gradient sets (a tensor of shape (2, 2)); got {shape}")
     if not G.is_floating_point():
         raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
-    name = backends.resolve(backend, G.device, 2)
-    return backends.kernel(name, "weights", G.device)(G.to(torch.float32), method, float(kappa))
+    return _dispatch.weights(G, method, kappa, backend)
 
 
 def combine(
@@ -93,28 +94,7 @@ def combine(
     else:
         out = list(as_set(out, "out"))
         check_out(out, sets)
-    return _combine_checked(w.to(torch.float32), sets, device, out, accumulate, backend)
-
-
-def _combine_checked(w, sets, device, out, accumulate, backend):
-    """combine on validated sets, float32 ``w`` on their device, and a validated ``out`` list or None."""
-    K = len(sets)
-    P = len(sets[0])
-    if out is None:
-        like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(P)]
-        out_list = [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
-    else:
-        out_list = out
-    idx = [p for p in range(P) if out_list[p] is not None]
-    if idx:
-        if len(idx) < P:  # only out=None leaves holes; the kernels see the present parameters only
-            sub_sets = [[s[p] for p in idx] for s in sets]
-            sub_out = [out_list[p] for p in idx]
-        else:
-            sub_sets, sub_out = sets, out_list
-        name = backends.resolve(backend, device, K)
-        backends.kernel(name, "combine_", device)(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
-    return out_list
+    return _dispatch.combine(w.to(torch.float32), sets, device, out, accumulate, backend)
 
 
 def harmonize(
@@ -125,18 +105,18 @@ def harmonize(
     kappa: float = 0.5,
     out: Optional[Sequence[torch.Tensor]] = None,
     backend: Optional[str] = None,
-) -> torch.Tensor:
-    """Gram matrix, weights and combine: writes ``w1*g1 + w2*g2`` into ``out``; returns ``w``.
+) -> HarmonizeOutput:
+    """Gram matrix, weights and combine: ``w1*g1 + w2*g2`` per parameter, and what it was computed from.
 
-    ``out``: default new tensors (retrieve them by passing your own list); ``out=g2`` (or g1)
-    harmonizes in place. Three steps (Gram pass, weights, combine pass), no host sync, no flat copies.
+    ``out``: the tensors to write (``out=g2``, or g1, harmonizes in place); default new tensors.
+    Returns ``HarmonizeOutput(out, weights, gram)``. Three steps (Gram pass, weights, combine
+    pass), no host sync, no flat copies.
     """
     check_method(method, kappa)
     sets, device = _sets([g1, g2], set_names=("g1", "g2"))
     if out is not None:
         out = list(as_set(out, "out"))
         check_out(out, sets, set_names=("g1", "g2"))
-    G = _gram_checked(sets, device, backend)
-    w = weights(G, method, kappa=kappa, backend=backend)
-    _combine_checked(w, sets, device, out, False, backend)
-    return w
+    G = _dispatch.gram(sets, device, backend)
+    w = _dispatch.weights(G, method, kappa, backend)
+    return HarmonizeOutput(_dispatch.combine(w, sets, device, out, False, backend), w, G)

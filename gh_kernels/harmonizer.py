@@ -8,7 +8,7 @@ from typing import Iterable, List, NamedTuple, Optional
 import torch
 
 from . import _step_checks as checks
-from . import backends, distributed, functional
+from . import _dispatch, backends, distributed
 from ._validate import check_sets
 from .methods import check_method
 
@@ -103,7 +103,7 @@ class Harmonizer:
                 distributed.fill_and_reduce(g1, g2, wrapped[1:], self.params, self.device, self.sync, self.process_group)
             device = self._check_grads(g1, g2)
             G = self._gram(g1, g2, device)
-            w = functional.weights(G, self.method, kappa=self.kappa, backend=self.backend)
+            w = _dispatch.weights(G, self.method, self.kappa, self.backend)
         except BaseException:
             for p, g in zip(self.params, previous):
                 p.grad = g
@@ -137,7 +137,7 @@ class Harmonizer:
         index = self.shared_index if self.shared_index is not None else [i for i, t in enumerate(g2) if t is not None]
         s1, s2 = [g1[i] for i in index], [g2[i] for i in index]
         if any(t is not None and t.numel() > 0 for t in s1 + s2):
-            G = functional._gram_checked([s1, s2], device, self.backend)
+            G = _dispatch.gram([s1, s2], device, self.backend)
         else:
             G = torch.zeros(2, 2, dtype=torch.float32, device=device)
         if self.sync == "sharded":
@@ -168,7 +168,7 @@ class Harmonizer:
                 one = torch.ones((), dtype=torch.float32, device=device)
                 weights = torch.stack((one * scale1, one * scale2))
             idx = [i for i, _ in members]
-            functional._combine_checked(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
+            _dispatch.combine(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
                                         [o for _, o in members], acc, self.backend)
         if defer_previous:
             distributed.all_reduce_mean_([o for o, _ in results.values()], self.process_group)

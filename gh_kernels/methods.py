@@ -1,4 +1,4 @@
-"""The weight rules of METHOD.md: names, constants, and the on-device float32 solver.
+"""The weight rules of docs/METHOD.md: names, checks, and the on-device float32 solver.
 
 Every method maps the 2x2 Gram matrix ``G = [[n1^2, c], [c, n2^2]]`` of the two gradient
 sets to weights ``(w1, w2)`` for the update ``w1*g1 + w2*g2``:
@@ -13,7 +13,7 @@ sets to weights ``(w1, w2)`` for the update ``w1*g1 + w2*g2``:
                    ``w2 = 1 + 2 sin((b + 90deg - t)/2)``. For reproducing the paper only.
 =================  ================================================================
 
-Rules shared by all methods (each one tested):
+Rules shared by all methods (docs/METHOD.md R2, R5, R8-R10; each one tested):
 
 * ``c >= 0`` (no conflict), a zero gradient, or any non-finite entry of ``G``: ``(1, 1)``.
   Non-finite gradients then stay non-finite in the update, so ``GradScaler`` skips the step.
@@ -28,13 +28,11 @@ import math
 
 import torch
 
-METHODS = ("sum", "gh", "gh++", "gh++released")
-METHOD_CODES = {name: i for i, name in enumerate(METHODS)}
+from ._constants import GHPP_MIN_SIN, METHODS
 
-#: Below this value of sin(theta) (theta > ~178.85 degrees) GH++ falls back to the GH weights.
-#: A float32 Gram matrix over many elements carries a relative error near 1e-6, so sin^2(theta)
-#: must stay well above that for the GH++ weights (which scale like 1/sin) to be meaningful.
-GHPP_MIN_SIN = 0.02
+METHOD_CODES = {name: i for i, name in enumerate(METHODS)}
+# GHPP_MIN_SIN: a float32 Gram matrix over many elements carries a relative error near 1e-6, so
+# sin^2(theta) must stay well above that for the GH++ weights (which scale like 1/sin) to mean anything.
 
 
 def check_method(method: str, kappa: float) -> int:

@@ -41,7 +41,7 @@ def gram_reference(sets: Sequence[Sequence[Optional[torch.Tensor]]]) -> torch.Te
 
 
 def weights_reference(G, method: str = "gh", kappa: float = 0.5) -> torch.Tensor:
-    """METHOD.md's closed forms, evaluated with Python floats (float64). Returns float64 (2,)."""
+    """docs/METHOD.md's closed forms, evaluated with Python floats (float64). Returns float64 (2,)."""
     check_method(method, kappa)
     G = torch.as_tensor(G, dtype=torch.float64).cpu()
     n1sq, c, n2sq = float(G[0, 0]), float(G[0, 1]), float(G[1, 1])
@@ -85,13 +85,6 @@ def combine_reference(w, sets, out_init=None) -> List[Optional[torch.Tensor]]:
                 acc += w[k] * s[p].detach().double().cpu()
         result.append(acc)
     return result
-
-
-def harmonize_reference(g1, g2, method: str = "gh", kappa: float = 0.5):
-    """Float64 ``(w, update)``: the whole pipeline, for tests and benchmark checks."""
-    sets = [list(g1), list(g2)]
-    w = weights_reference(gram_reference(sets), method, kappa)
-    return w, combine_reference(w, sets)
 
 
 def released_recipe_backward(model: torch.nn.Module, chosen, loss1: torch.Tensor, loss2: torch.Tensor,

@@ -98,7 +98,7 @@ class Net(nn.Module):
         self.discriminator = nn.Sequential(nn.Linear(d_in, 64), nn.ReLU(), nn.Linear(64, 1))
 
     def shared_parameters(self):
-        """The module the Gram matrix is computed over (METHOD.md: backbone + bottleneck + classifier)."""
+        """The module the Gram matrix is computed over (docs/METHOD.md: backbone + bottleneck + classifier)."""
         return [*self.backbone.parameters(), *self.bottleneck.parameters(), *self.classifier.parameters()]
 
     def losses(self, xs, ys, xt, coeff):

@@ -18,26 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gh_kernels  # noqa: E402
 
 
-GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
-        self.bottleneck = nn.Linear(8, 5)
-        self.classifier = nn.Linear(5, 3)
-        self.discriminator = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 1))  # only the alignment loss
-
-    def shared(self):
-        return [*self.backbone.parameters(), *self.bottleneck.parameters(), *self.classifier.parameters()]
-
-    def forward(self, xs, ys, xt):
-        fs, ft = self.bottleneck(self.backbone(xs)), self.bottleneck(self.backbone(xt))
-        cls = nn.functional.cross_entropy(self.classifier(fs), ys)
-        d = self.discriminator(GradReverse.apply(torch.cat([fs, ft]), 1.0)).squeeze(1)
-        dom = nn.functional.binary_cross_entropy_with_logits(d, torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))]))
-        dom = dom + 0.3 * nn.functional.cross_entropy(self.classifier(fs), (ys + 1) % 3)
-        return dom, cls
+from models import ToyDANN as Net  # noqa: E402  (the toy DANN every test uses)
 
 
 def batch(step):
@@ -58,7 +39,7 @@ def fresh():
 def reference(b, method, sync_steps=1):
     """Single process: harmonize the full batch (= the mean of the two halves' gradients)."""
     net = fresh()
-    h = gh_kernels.Harmonizer(net.parameters(), shared=net.shared(), method=method)
+    h = gh_kernels.Harmonizer(net.parameters(), shared=net.shared_parameters(), method=method)
     for s in range(sync_steps):
         res = h.backward(*net(*(b if sync_steps == 1 else batch(s))))
     return res.weights, [p.grad.clone() if p.grad is not None else None for p in net.parameters()]
@@ -84,7 +65,7 @@ def worker(rank, world, init_file):
         # global: equals single-process harmonization of the concatenated batch
         try:
             model = DDP(fresh())
-            h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared(), method=method, sync="global")
+            h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared_parameters(), method=method, sync="global")
             with model.no_sync():
                 res = h.backward(*model(*half(b, rank)))
             w_ref, g_ref = reference(b, method)
@@ -95,7 +76,7 @@ def worker(rank, world, init_file):
         # local: per-rank harmonization, then the average
         try:
             model = DDP(fresh())
-            h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared(), method=method, sync="local")
+            h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared_parameters(), method=method, sync="local")
             with model.no_sync():
                 h.backward(*model(*half(b, rank)))
             per_rank = [reference(half(b, r), method)[1] for r in range(world)]
@@ -113,7 +94,7 @@ def worker(rank, world, init_file):
             net = fresh()
             fully_shard(net, mesh=init_device_mesh("cpu", (world,)))
             shapes = [tuple(p.to_local().shape) for p in net.parameters()]
-            h = gh_kernels.Harmonizer(net.parameters(), shared=net.shared(), method=method, sync="sharded")
+            h = gh_kernels.Harmonizer(net.parameters(), shared=net.shared_parameters(), method=method, sync="sharded")
             res = h.backward(*net(*half(b, rank)))
             w_ref, g_ref = reference(b, method)
             full = [p.grad.full_tensor() for p in net.parameters()]
@@ -126,7 +107,7 @@ def worker(rank, world, init_file):
     # gradient accumulation over two micro-batches in global mode
     try:
         model = DDP(fresh())
-        h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared(), method="gh++", sync="global")
+        h = gh_kernels.Harmonizer(model.parameters(), shared=model.module.shared_parameters(), method="gh++", sync="global")
         with model.no_sync():
             for s in range(2):
                 h.backward(*model(*half(batch(s), rank)))

@@ -6,7 +6,7 @@ import torch
 import gh_kernels
 from gh_kernels.reference import combine_reference, gram_reference, weights_reference
 
-from conftest import EPS, make_set
+from helpers import EPS, make_set
 
 
 # ---------------------------------------------------------------- D3: one tensor in both sets, out aliasing it

@@ -1,11 +1,11 @@
-"""combine: every CPU-capable backend against the float64 reference; aliasing and accumulation."""
+"""combine: every (device, backend) pair against the float64 reference; aliasing and accumulation."""
 import pytest
 import torch
 
 import gh_kernels
 from gh_kernels.reference import combine_reference
 
-from conftest import DTYPES, EPS, assert_field_error, make_set
+from helpers import DTYPES, EPS, assert_field_error, make_set, on
 
 SIZES = [0, 1, 3, 17, (5, 7), 127, 128, 129, 1023, 1025]
 
@@ -23,43 +23,45 @@ def _plain(w, sets, dtype, init=None):
 
 
 def _check(out, ref, plain, dtype, what):
-    for o, r, b in zip(out, ref, plain):
+    for o, r, b in zip(on([out], "cpu")[0], ref, plain):
         floor = 2 * EPS[dtype] * (r.abs().max().item() if r.numel() else 0.0) + 1e-30
         assert_field_error(o, r, b, floor, what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_sets", [1, 2, 3])
-def test_combine_matches_reference(backend, dtype, num_sets, gen):
-    sets = [make_set(SIZES, dtype, gen) for _ in range(num_sets)]
+@pytest.mark.parametrize("num_sets", [1, 2, 3, 4])
+def test_combine_matches_reference(device, backend, dtype, num_sets, gen):
+    sizes = SIZES + ([16383, 16385, 70001, (33, 65, 3)] if device == "cuda" else [])  # CUDA chunk boundaries
+    sets = [make_set(sizes, dtype, gen) for _ in range(num_sets)]
     w = torch.randn(num_sets, generator=gen) * 2
-    out = gh_kernels.combine(w, sets, backend=backend)
+    out = gh_kernels.combine(w.to(device), on(sets, device), backend=backend)
     assert all(o.dtype == dtype and o.shape == s.shape for o, s in zip(out, sets[0]))
     _check(out, combine_reference(w, sets), _plain(w, sets, dtype), dtype, f"{backend} {dtype} seed={gen.initial_seed()}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("alias", [0, 1])
-def test_combine_in_place_alias(backend, dtype, alias, gen):
+def test_combine_in_place_alias(device, backend, dtype, alias, gen):
     g1, g2 = make_set(SIZES, dtype, gen), make_set(SIZES, dtype, gen)
     ref = combine_reference(torch.tensor([1.5, -0.25]), [g1, g2])
     plain = _plain(torch.tensor([1.5, -0.25]), [g1, g2], dtype)
+    g1, g2 = on([g1, g2], device)
     target = [g1, g2][alias]
     ids = [t.data_ptr() for t in target]
-    out = gh_kernels.combine(torch.tensor([1.5, -0.25]), [g1, g2], out=target, backend=backend)
+    out = gh_kernels.combine(torch.tensor([1.5, -0.25], device=device), [g1, g2], out=target, backend=backend)
     assert [t.data_ptr() for t in out] == ids
     _check(out, ref, plain, dtype, f"{backend} alias={alias}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_combine_accumulate(backend, dtype, gen):
+def test_combine_accumulate(device, backend, dtype, gen):
     g1, g2 = make_set(SIZES, dtype, gen), make_set(SIZES, dtype, gen)
     init = make_set(SIZES, dtype, gen)
     w = torch.tensor([0.75, 2.0])
     ref = combine_reference(w, [g1, g2], out_init=init)
     plain = _plain(w, [g1, g2], dtype, init)
-    out = [t.clone() for t in init]
-    gh_kernels.combine(w, [g1, g2], out=out, accumulate=True, backend=backend)
+    out = on([init], device)[0]
+    gh_kernels.combine(w.to(device), on([g1, g2], device), out=out, accumulate=True, backend=backend)
     _check(out, ref, plain, dtype, f"{backend} accumulate")
 
 
@@ -86,22 +88,22 @@ def test_combine_none_entries(backend, gen):
     assert out[0] is None
 
 
-def test_combine_non_contiguous(backend, gen):
-    a, b = torch.randn(8, 6, generator=gen), torch.randn(6, 8, generator=gen)
-    a2 = torch.randn(8, 6, generator=gen)
+def test_combine_non_contiguous(device, backend, gen):
+    a, b = torch.randn(8, 6, generator=gen).to(device), torch.randn(6, 8, generator=gen).to(device)
+    a2 = torch.randn(8, 6, generator=gen).to(device)
     g1 = [a.t(), a2[:, ::2]]
     g2 = [b, b.t()[:, ::2]]
     w = torch.tensor([1.25, -0.5])
-    ref = combine_reference(w, [g1, g2])
-    out_buf = torch.empty(16, 8)
-    out = [torch.empty(8, 6).t(), out_buf[::2, :3]]   # transposed and strided outs
-    gh_kernels.combine(w, [g1, g2], out=out, backend=backend)
+    ref = combine_reference(w, on([g1, g2], "cpu"))
+    out_buf = torch.empty(16, 8, device=device)
+    out = [torch.empty(8, 6, device=device).t(), out_buf[::2, :3]]   # transposed and strided outs
+    gh_kernels.combine(w.to(device), [g1, g2], out=out, backend=backend)
     for o, r in zip(out, ref):
-        torch.testing.assert_close(o.double(), r, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(o.cpu().double(), r, rtol=1e-6, atol=1e-6)
     # in place into a non-contiguous input
-    gh_kernels.combine(w, [g1, g2], out=g1, backend=backend)
+    gh_kernels.combine(w.to(device), [g1, g2], out=g1, backend=backend)
     for o, r in zip(g1, ref):
-        torch.testing.assert_close(o.double(), r, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(o.cpu().double(), r, rtol=1e-6, atol=1e-6)
 
 
 def test_combine_inputs_not_aliased_stay_unchanged(backend, gen):

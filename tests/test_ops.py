@@ -1,89 +1,151 @@
-"""The registered ops: torch.library.opcheck, and torch.compile(fullgraph=True) over harmonize."""
+"""The registered ops, per (device, backend): one ``sample_inputs(device)`` per op, reused for the
+float64-reference check, ``torch.library.opcheck`` on the backend's overload, and ``torch.compile``.
+Also ``harmonize``'s result, the backends' agreement, and the device-only checks (no host sync on CUDA)."""
 import pytest
 import torch
 
 import gh_kernels
 from gh_kernels import backends
+from gh_kernels._constants import MAX_SETS
+from gh_kernels.reference import combine_reference, gram_reference, weights_reference
 
-from conftest import make_set
-
-
-def _sets(gen, dtype=torch.float32):
-    g1 = make_set([7, (3, 5), 1, 33], dtype, gen)
-    g2 = make_set([7, (3, 5), 1, 33], dtype, gen)
-    g2[2] = None
-    return g1, g2
+from helpers import conflicting_pair, make_set, on
+from models import ToyDANN
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck_gram(gen, dtype):
-    g1, g2 = _sets(gen, dtype)
-    torch.library.opcheck(torch.ops.gh_kernels.gram.default, (g1 + g2, 2))
+def sample_inputs(op, device, gen):
+    """Argument tuples for op ``op`` on ``device``: awkward sizes, a None hole, mixed dtypes, K = 1..4."""
+    sizes = [7, (3, 5), 1, 33, 0]
+    cases = []
+    if op == "gram":
+        for K, dtype in ((2, torch.float32), (2, torch.bfloat16), (1, torch.float16), (MAX_SETS, torch.float32)):
+            sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
+            sets[-1][2] = None
+            cases.append(([t for s in sets for t in s], K))
+    elif op == "weights":
+        for method in gh_kernels.METHODS:
+            for G in ([[2.0, -1.0], [-1.0, 3.0]], [[1.0, 0.5], [0.5, 1.0]]):
+                cases.append((torch.tensor(G, device=device), method, 0.3))
+    else:  # combine_
+        for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False)):
+            sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
+            sets[0][1] = None
+            out = on([make_set(sizes, dtype, gen)], device)[0]
+            w = (torch.randn(K, generator=gen) * 2).to(device)
+            cases.append((out, [t for s in sets for t in s], K, w, accumulate))
+    return cases
 
 
-@pytest.mark.parametrize("method", ["sum", "gh", "gh++", "gh++released"])
-def test_opcheck_weights(method):
-    G = torch.tensor([[2.0, -1.0], [-1.0, 3.0]])
-    torch.library.opcheck(torch.ops.gh_kernels.weights.default, (G, method, 0.5))
+def reference(op, args):
+    """The float64 result of op ``op`` on ``args`` (for combine_: the expected ``out``)."""
+    if op == "gram":
+        tensors, K = args
+        P = len(tensors) // K
+        return gram_reference([on([tensors[k * P:(k + 1) * P]], "cpu")[0] for k in range(K)])
+    if op == "weights":
+        return weights_reference(args[0].cpu().double(), args[1], args[2])
+    out, tensors, K, w, accumulate = args
+    P = len(out)
+    sets = [on([tensors[k * P:(k + 1) * P]], "cpu")[0] for k in range(K)]
+    return combine_reference(w.cpu(), sets, out_init=[o.cpu() for o in out] if accumulate else None)
 
 
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_opcheck_combine(gen, accumulate):
-    g1, g2 = _sets(gen)
-    out = [torch.randn_like(t) for t in g1]
-    torch.library.opcheck(torch.ops.gh_kernels.combine_.default, (out, g1 + g2, 2, torch.tensor([1.5, 0.5]), accumulate))
+OPS = ("gram", "weights", "combine_")
 
 
-def test_dispatcher_kernels_match_torch_backend(gen):
-    """Whatever kernel the dispatcher holds for CPU (C++ or the default) agrees with the torch backend."""
-    g1, g2 = _sets(gen)
-    G = torch.ops.gh_kernels.gram(g1 + g2, 2)
-    torch.testing.assert_close(G, gh_kernels.gram([g1, g2], backend="torch"), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("op", OPS)
+def test_op_matches_reference(op, device, backend, gen):
+    kernel = backends.kernel(backend, op)
+    for args in sample_inputs(op, device, gen):
+        expected = reference(op, args)
+        result = kernel(*args)
+        if op == "combine_":
+            result = args[0]
+            for o, r in zip(result, expected):
+                torch.testing.assert_close(o.cpu().double(), r, rtol=2e-2, atol=2e-2)
+        else:
+            assert result.device.type == device and result.dtype == torch.float32
+            torch.testing.assert_close(result.cpu().double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op, device, backend, gen):
+    for args in sample_inputs(op, device, gen):
+        torch.library.opcheck(backends.kernel(backend, op), args)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_under_compile(op, device, backend, gen):
+    torch._dynamo.reset()
+    kernel = backends.kernel(backend, op)
+    args = sample_inputs(op, device, gen)[0]
+    if op == "combine_":
+        out_eager = [t.clone() for t in args[0]]
+        kernel(out_eager, *args[1:])
+        torch.compile(kernel, fullgraph=True, backend="aot_eager")(*args)
+        for a, b in zip(args[0], out_eager):
+            torch.testing.assert_close(a, b)
+    else:
+        torch.testing.assert_close(torch.compile(kernel, fullgraph=True, backend="aot_eager")(*args), kernel(*args))
 
 
 @pytest.mark.parametrize("which", [None, "torch"])
 def test_compile_fullgraph_harmonize(gen, which):
     torch._dynamo.reset()
-    g1, g2 = _sets(gen)
-    g2 = [t if t is not None else torch.randn(1, generator=gen) for t in g2]
+    g1, g2 = make_set([7, (3, 5), 1, 33], torch.float32, gen), make_set([7, (3, 5), 1, 33], torch.float32, gen)
 
     def step(a, b):
         out = [torch.empty_like(t) for t in a]
-        w = gh_kernels.harmonize(a, b, method="gh++", out=out, backend=which)
-        return w, out
+        return gh_kernels.harmonize(a, b, method="gh++", out=out, backend=which)
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    w, out = compiled(g1, g2)
-    w_ref, out_ref = step(g1, g2)
-    torch.testing.assert_close(w, w_ref)
-    for o, r in zip(out, out_ref):
+    res, ref = compiled(g1, g2), step(g1, g2)
+    torch.testing.assert_close(res.weights, ref.weights)
+    torch.testing.assert_close(res.gram, ref.gram)
+    for o, r in zip(res.out, ref.out):
         torch.testing.assert_close(o, r)
 
 
-def test_available_backends_and_env(monkeypatch, gen):
-    names = gh_kernels.available_backends()
-    assert names[0] == "torch" and set(names) <= set(gh_kernels.BACKENDS)
-    g1, g2 = _sets(gen)
-    monkeypatch.setenv("GH_KERNELS_BACKEND", "torch")
-    assert backends.resolve(None, torch.device("cpu")) == "torch"
-    monkeypatch.setenv("GH_KERNELS_BACKEND", "cuda")
-    with pytest.raises(gh_kernels.BackendUnavailable, match="GH_KERNELS_BACKEND='cuda' cannot run this call"):
-        gh_kernels.gram([g1, g2])
-    monkeypatch.setenv("GH_KERNELS_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="GH_KERNELS_BACKEND must be one of"):
-        gh_kernels.gram([g1, g2])
-    monkeypatch.setenv("GH_KERNELS_BACKEND", "auto")
-    expected = "cpu" if "cpu" in names else "torch"
-    assert backends.resolve(None, torch.device("cpu")) == expected
-    assert backends.resolve(None, torch.device("cpu"), num_sets=backends.MAX_FAST_SETS + 1) == "torch"
+def test_harmonize_returns_what_it_computed(device, backend, gen):
+    g1, g2 = on(list(conflicting_pair([123, 45], torch.float32, gen)), device)
+    res = gh_kernels.harmonize(g1, g2, method="gh++", backend=backend)
+    torch.testing.assert_close(res.gram.cpu().double(), gram_reference(on([g1, g2], "cpu")), rtol=1e-5, atol=1e-4)
+    w = weights_reference(res.gram.cpu().double(), "gh++", 0.5)
+    for o, r in zip(res.out, combine_reference(w, on([g1, g2], "cpu"))):
+        torch.testing.assert_close(o.cpu().double(), r, rtol=1e-4, atol=1e-4)
+    assert gh_kernels.harmonize(g1, g2, out=g2, backend=backend).out[0] is g2[0]
 
 
-def test_explicit_backend_fails_loudly_with_reason():
-    with pytest.raises(gh_kernels.BackendUnavailable, match="backend='cuda' cannot run this call: "):
-        gh_kernels.gram([[torch.ones(2)], [torch.ones(2)]], backend="cuda")
+def test_backends_agree_on_each_device(gen):
+    g1, g2 = conflicting_pair([12345, 999, 31], torch.float32, gen)
+    for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+        names = [b for d, b in __import__("helpers").device_backends() if d == device]
+        results = {b: gh_kernels.harmonize(*on([g1, g2], device), method="gh++", backend=b) for b in names}
+        first = results[names[0]]
+        for b in names[1:]:
+            torch.testing.assert_close(results[b].weights, first.weights, rtol=1e-5, atol=1e-6)
+            for x, y in zip(results[b].out, first.out):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_many_sets_use_torch(gen):
-    sets = [make_set([5, 6], torch.float32, gen) for _ in range(backends.MAX_FAST_SETS + 2)]
-    G = gh_kernels.gram(sets)
-    assert G.shape == (len(sets), len(sets))
+def test_no_host_sync_on_cuda(device, backend, gen):
+    if device != "cuda":
+        pytest.skip("host synchronization is checked on CUDA (torch.cuda.set_sync_debug_mode)")
+    g1, g2 = on(list(conflicting_pair([100_000, 33, 5000], torch.float32, gen)), device)
+    out = [torch.empty_like(t) for t in g1]
+    gh_kernels.harmonize(g1, g2, method="gh++", out=out, backend=backend)  # warm-up: compile, caches
+    model = ToyDANN().cuda()
+    h = gh_kernels.Harmonizer(model.parameters(), method="gh++", backend=backend)
+    batch = [t.cuda() for t in model.batch(0)]
+    h.backward(*model.losses(*batch))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for method in ("gh", "gh++", "gh++released"):
+            gh_kernels.harmonize(g1, g2, method=method, out=out, backend=backend)
+        model.zero_grad(set_to_none=True)
+        dom, cls = model.losses(*batch)
+        res = h.backward(dom, cls, scale1=0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(res.weights).all()

@@ -13,7 +13,9 @@ from torch import nn
 import gh_kernels
 from gh_kernels.reference import combine_reference, gram_reference, weights_reference
 
-from conftest import EPS, make_set
+from models import ToyDANN
+
+from helpers import EPS, make_set
 
 
 def _snapshot(params):
@@ -111,23 +113,13 @@ def test_constructor_checks_backend_and_sync():
 
 
 # ---------------------------------------------------------------- D2: shared=None is the released recipe's set
-class Dann(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
-        self.classifier = nn.Linear(8, 3)
-        self.discriminator = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+def Dann():
+    """Plain DANN: the classifier is reached by the classification loss only."""
+    return ToyDANN(bottleneck=None, disc_hidden=16, classifier_in_alignment=0.0)
 
-    def shared_parameters(self):
-        return [*self.features.parameters(), *self.classifier.parameters()]
 
-    def losses(self, seed):
-        g = torch.Generator().manual_seed(seed)
-        xs, xt, ys = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g) + 1, torch.randint(0, 3, (8,), generator=g)
-        f = self.features(torch.cat([xs, xt]))
-        d = self.discriminator(gh_kernels.grad_reverse(f, 1.0)).squeeze(1)
-        dom = nn.functional.binary_cross_entropy_with_logits(d, torch.cat([torch.ones(8), torch.zeros(8)]))
-        return dom, nn.functional.cross_entropy(self.classifier(f[:8]), ys)
+def _losses(model, seed):
+    return model.losses(*model.batch(seed, shift=1.0))
 
 
 def test_default_shared_equals_the_released_recipe_set():
@@ -137,10 +129,10 @@ def test_default_shared_equals_the_released_recipe_set():
     default = gh_kernels.Harmonizer(model.parameters(), method="gh++")
     for seed in range(3):
         model.zero_grad(set_to_none=True)
-        r1 = explicit.backward(*model.losses(seed))
+        r1 = explicit.backward(*_losses(model, seed))
         g_explicit = [p.grad.clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
-        r2 = default.backward(*model.losses(seed))
+        r2 = default.backward(*_losses(model, seed))
         assert torch.equal(r1.gram, r2.gram) and torch.equal(r1.weights, r2.weights)
         assert all(torch.equal(a, p.grad) for a, p in zip(g_explicit, model.parameters()))
 
@@ -149,7 +141,7 @@ def test_shared_with_discriminator_warns():
     model = Dann()
     h = gh_kernels.Harmonizer(model.parameters(), shared=model.parameters())
     with pytest.warns(UserWarning, match="reached by loss1 only"):
-        h.backward(*model.losses(0))
+        h.backward(*_losses(model, 0))
 
 
 # ---------------------------------------------------------------- D9/D10: parameters outside params
@@ -159,7 +151,7 @@ def test_parameter_reached_but_not_in_params_is_an_error():
     params = list(model.parameters())
     snap = _snapshot(params)
     with pytest.raises(ValueError, match=r"loss1 reaches a parameter of shape \(\d+(, \d+)?\) that is not in params"):
-        h.backward(*model.losses(0))
+        h.backward(*_losses(model, 0))
     _assert_unchanged(params, snap)
 
 
@@ -167,7 +159,7 @@ def test_losses_under_no_grad_are_an_error():
     model = Dann()
     h = gh_kernels.Harmonizer(model.parameters())
     with torch.no_grad():
-        dom, cls = model.losses(0)
+        dom, cls = _losses(model, 0)
     with pytest.raises(ValueError, match="loss1 does not require grad"):
         h.backward(dom, cls)
     assert all(p.grad is None for p in model.parameters())
@@ -192,7 +184,7 @@ class _Save(torch.autograd.Function):
 
 def test_loss1_graph_is_freed_without_retain_graph():
     model = Dann()
-    f = model.features(torch.randn(4, 6))
+    f = model.backbone(torch.randn(4, 6))
     loss1 = model.discriminator(_Save.apply(f)).sum()  # the loss1-only branch holds the saved tensor
     loss2 = model.classifier(f).pow(2).sum()
     gh_kernels.Harmonizer(model.parameters()).backward(loss1, loss2)

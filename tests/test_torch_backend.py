@@ -6,7 +6,7 @@ import torch
 import gh_kernels
 from gh_kernels.reference import combine_reference, gram_reference
 
-from conftest import EPS, make_set
+from helpers import EPS, make_set
 
 
 # ---------------------------------------------------------------- D9: torch backend Gram, thread-count independent
@@ -26,7 +26,7 @@ def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_backend_chunked_paths(dtype, gen):
     """Tensors above CHUNK elements / ROWS_PER_CALL rows: chunked Gram and combine, aliasing, accumulation."""
-    from gh_kernels import torch_backend as tb
+    from gh_kernels.backends.pytorch import kernels as tb
 
     n = tb.CHUNK + 3 * tb.BLOCK + 5  # > one combine chunk and > ROWS_PER_CALL rows, with a tail
     g1, g2 = make_set([n, 7], dtype, gen), make_set([n, 7], dtype, gen)

@@ -12,16 +12,16 @@ import gh_kernels  # noqa: E402
 from gh_kernels import backends  # noqa: E402
 from gh_kernels.reference import combine_reference, gram_reference  # noqa: E402
 
-from conftest import EPS, assert_field_error, make_set, plain_torch_gram  # noqa: E402
+from helpers import EPS, assert_field_error, make_set, plain_torch_gram  # noqa: E402
 
 pytestmark = pytest.mark.skipif("triton" not in gh_kernels.available_backends(), reason="triton not installed")
 
 
 @pytest.fixture(autouse=True)
 def _needs_interpreter():
-    from conftest import _triton_interpreter_supported
+    from helpers import triton_interpreter_supported
 
-    if not _triton_interpreter_supported():
+    if not triton_interpreter_supported():
         pytest.skip("the Triton interpreter runs these kernels from Triton 3.9 on")
     try:
         backends.resolve("triton", torch.device("cpu"))
@@ -30,7 +30,7 @@ def _needs_interpreter():
 
 
 def _cfg():
-    from gh_kernels import triton_worklist
+    from gh_kernels.backends.triton import worklist as triton_worklist
 
     return triton_worklist.INTERPRETER_CONFIG
 
@@ -66,8 +66,8 @@ def test_more_items_than_one_launch_holds(gen):
 
 
 def test_unaligned_pointers_take_the_scalar_path(gen):
-    from gh_kernels import triton_worklist
-    from gh_kernels._flat import flat_params
+    from gh_kernels.backends.triton import worklist as triton_worklist
+    from gh_kernels.backends.triton.flat import flat_params
 
     base1, base2 = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
     g1, g2 = [base1[1:700]], [base2[3:702]]  # data pointers not 16-byte aligned
@@ -91,7 +91,7 @@ def test_bitwise_deterministic_mixed_list(gen):
 
 import triton.language as tl  # noqa: E402
 
-from gh_kernels.triton_weights import _acos  # noqa: E402
+from gh_kernels.backends.triton.weights import _acos  # noqa: E402
 
 
 @triton.jit

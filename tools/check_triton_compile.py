@@ -13,7 +13,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from gh_kernels import triton_combine, triton_gram, triton_weights  # noqa: E402
+from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}

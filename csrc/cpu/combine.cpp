@@ -2,9 +2,9 @@
 // Each element is read before it is written, so out may be one of the inputs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include "gh_cpu_common.h"
+#include "ops_cpu.h"
 
 namespace gh {
 namespace cpu {
@@ -47,6 +47,8 @@ void combine_item(const FlatParam& fp, const Segment& s, int64_t K, const float*
   }
 }
 
+}  // namespace
+
 void combine_cpu(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                  const at::Tensor& weights, bool accumulate) {
   TORCH_CHECK(weights.device().is_cpu(), "gh_kernels: weights is on ", weights.device(), ", expected CPU");
@@ -68,8 +70,6 @@ void combine_cpu(at::TensorList out, const c10::List<std::optional<at::Tensor>>&
   finish_out(params);
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace gh
 
-TORCH_LIBRARY_IMPL(gh_kernels, CPU, m) { m.impl("combine_", &gh::cpu::combine_cpu); }

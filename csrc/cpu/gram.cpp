@@ -6,9 +6,9 @@
 // over the slots in a fixed order: deterministic for any thread count, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include "gh_cpu_common.h"
+#include "ops_cpu.h"
 
 namespace gh {
 namespace cpu {
@@ -61,7 +61,7 @@ void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /*
       x[m] = static_cast<const T*>(fp.in[k]) + s.start;
       idx[m++] = k;
     }
-  double sums[10];
+  double sums[kNumPairs];
   switch (m) {
     case 0: return;
     case 1: gram_segment<T, 1>(x, s.len, sums); break;
@@ -73,6 +73,8 @@ void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /*
   for (int a = 0; a < m; ++a)
     for (int b = a; b < m; ++b, ++q) slot[idx[a] * K + idx[b]] = sums[q];
 }
+
+}  // namespace
 
 at::Tensor gram_cpu(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
   auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CPU);
@@ -100,8 +102,6 @@ at::Tensor gram_cpu(const c10::List<std::optional<at::Tensor>>& tensors, int64_t
   return out;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace gh
 
-TORCH_LIBRARY_IMPL(gh_kernels, CPU, m) { m.impl("gram", &gh::cpu::gram_cpu); }

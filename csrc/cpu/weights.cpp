@@ -1,14 +1,13 @@
-// CPU weights: METHOD.md's rules from the 2x2 Gram matrix (gh_weights.h), no torch op chain.
+// CPU weights: docs/METHOD.md's rules from the 2x2 Gram matrix (gh_weights.h), no torch op chain.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <string>
 
 #include "gh_tensor_utils.h"
+#include "ops_cpu.h"
 
 namespace gh {
 namespace cpu {
-namespace {
 
 at::Tensor weights_cpu(const at::Tensor& gram, c10::string_view method, double kappa) {
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == 2 && gram.size(1) == 2, "gh_kernels: gram must have shape (2, 2), got ", gram.sizes());
@@ -22,8 +21,6 @@ at::Tensor weights_cpu(const at::Tensor& gram, c10::string_view method, double k
   return w;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace gh
 
-TORCH_LIBRARY_IMPL(gh_kernels, CPU, m) { m.impl("weights", &gh::cpu::weights_cpu); }

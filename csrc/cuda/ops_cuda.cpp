@@ -1,11 +1,10 @@
 // Torch glue for the CUDA kernels: argument checks, work list (tensor addresses and a
 // block -> (tensor, chunk) table in the style of multi_tensor_apply) copied to the device
-// asynchronously from pinned memory, the current stream, and the registrations.
+// asynchronously from pinned memory, and the current stream. Registered in register_cuda.cpp.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <cstring>
 #include <map>
@@ -13,6 +12,7 @@
 
 #include "gh_cuda_launch.h"
 #include "gh_tensor_utils.h"
+#include "ops_cuda.h"
 
 namespace gh {
 namespace cuda {
@@ -102,6 +102,8 @@ at::Device first_device(const c10::List<std::optional<at::Tensor>>& tensors) {
   TORCH_CHECK(false, "gh_kernels: tensors contains no tensor");
 }
 
+}  // namespace
+
 at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
   const at::Device device = first_device(tensors);
   c10::cuda::CUDAGuard guard(device);
@@ -160,12 +162,5 @@ at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double 
   return w;
 }
 
-}  // namespace
 }  // namespace cuda
 }  // namespace gh
-
-TORCH_LIBRARY_IMPL(gh_kernels, CUDA, m) {
-  m.impl("gram", &gh::cuda::gram_cuda);
-  m.impl("combine_", &gh::cuda::combine_cuda);
-  m.impl("weights", &gh::cuda::weights_cuda);
-}

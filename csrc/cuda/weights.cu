@@ -1,4 +1,4 @@
-// CUDA weights: one thread applies METHOD.md's rules (gh_weights.h) to the 2x2 Gram matrix.
+// CUDA weights: one thread applies docs/METHOD.md's rules (gh_weights.h) to the 2x2 Gram matrix.
 #include "gh_cuda_launch.h"
 #include "gh_weights.h"
 

@@ -6,11 +6,10 @@
 
 #include <cstdint>
 
+#include "gh_constants.h"
+
 namespace gh {
 namespace cuda {
-
-constexpr int kMaxSets = 4;
-constexpr int kNumPairs = 10;  // partial-sum columns, the K = 4 pair order (0,0),(0,1),...,(3,3)
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
@@ -27,7 +26,7 @@ struct WorkItem {
 };
 static_assert(sizeof(WorkItem) == 64, "WorkItem layout is shared with the host glue");
 
-// Per-item partial sums: partials[item * kNumPairs + pair], one block per item.
+// Per-item partial sums: partials[item * kNumPairs + pair_column(a, b)], one block per item.
 cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype,
                                  float* partials, cudaStream_t stream);
 // Fixed-order float64 sum of the partial rows into the symmetric num_sets x num_sets matrix G.

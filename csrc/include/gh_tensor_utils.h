@@ -17,21 +17,17 @@
 
 namespace gh {
 
-// The method name of the weights op -> gh_weights.h code (the order of gh_kernels.methods.METHODS).
+// The method name of the weights op -> its code (gh_constants.h, kMethodNames).
 inline int method_code(c10::string_view method) {
-  if (method == "sum") return kSum;
-  if (method == "gh") return kGH;
-  if (method == "gh++") return kGHPP;
-  if (method == "gh++released") return kGHPPReleased;
+  for (int code = 0; code < kNumMethods; ++code)
+    if (method == kMethodNames[code]) return code;
   TORCH_CHECK(false, "gh_kernels: method must be one of 'sum', 'gh', 'gh++', 'gh++released'; got '", std::string(method), "'");
 }
-
-constexpr int kMaxSets = 4;  // backends.MAX_FAST_SETS
 
 struct FlatParam {
   int64_t numel = 0;
   at::ScalarType dtype = at::kFloat;
-  const void* in[kMaxSets] = {nullptr, nullptr, nullptr, nullptr};  // nullptr: that set has no gradient
+  const void* in[kMaxSets] = {};  // nullptr: that set has no gradient
   void* out = nullptr;
   std::vector<at::Tensor> keep_alive;  // contiguous copies made for this parameter
   at::Tensor out_temp, out_target;     // out computed into out_temp, then copied into out_target

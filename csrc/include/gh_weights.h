@@ -1,22 +1,12 @@
-// Weight rules of METHOD.md for two gradient sets, shared by the CPU and CUDA kernels.
+// Weight rules of docs/METHOD.md for two gradient sets, shared by the CPU and CUDA kernels.
 // Pure C++ (no torch headers) so nvcc can compile it standalone. Must agree with
 // gh_kernels/methods.py (solve_weights_torch); tests compare every backend with it.
 #pragma once
 #include <math.h>
 
-#if defined(__CUDACC__)
-#define GH_HD __host__ __device__
-#else
-#define GH_HD
-#endif
+#include "gh_constants.h"
 
 namespace gh {
-
-// Method codes: the index of the name in gh_kernels.methods.METHODS.
-enum Method : int { kSum = 0, kGH = 1, kGHPP = 2, kGHPPReleased = 3 };
-
-// Below this sin(theta), GH++ uses the GH weights (methods.GHPP_MIN_SIN).
-constexpr float kGhppMinSin = 0.02f;
 
 GH_HD inline bool gh_isfinite(float x) { return isfinite(x); }
 
@@ -24,7 +14,7 @@ GH_HD inline bool gh_isfinite(float x) { return isfinite(x); }
 GH_HD inline void solve_weights(float n1sq, float c, float n2sq, int method, float kappa, float* w1, float* w2) {
   *w1 = 1.0f;
   *w2 = 1.0f;
-  // No conflict, a zero gradient (then c == 0) or a non-finite entry: plain sum.
+  // No conflict, a zero gradient (then c == 0) or a non-finite entry: plain sum (docs/METHOD.md R2, R9, R10).
   if (method == kSum || !gh_isfinite(n1sq) || !gh_isfinite(c) || !gh_isfinite(n2sq) || !(c < 0.0f)) return;
   const float n1s = n1sq > 0.0f ? n1sq : 1.0f;
   const float n2s = n2sq > 0.0f ? n2sq : 1.0f;
@@ -42,7 +32,7 @@ GH_HD inline void solve_weights(float n1sq, float c, float n2sq, int method, flo
   if (method == kGHPP) {
     const float gamma = excess - beta;
     const float s = sqrtf(fmaxf(1.0f - cs * cs, 0.0f));
-    if (s < kGhppMinSin) {
+    if (s < kGhppMinSin) {  // docs/METHOD.md R5
       *w1 = gh1;
       *w2 = gh2;
       return;

@@ -1,4 +1,4 @@
-"""Pure-torch kernels: the default implementation of every op on every device.
+"""Pure-torch kernels of the ``"torch"`` backend: every op, on every device, for any number of sets.
 
 No ``torch.cat`` of gradients and no host synchronization.
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
+
+from ...methods import solve_weights_torch
 
 BLOCK = 4096
 ROWS_PER_CALL = 256  # rows per vecdot call: a 4 MB product temporary, not one the size of the tensor
@@ -138,6 +140,4 @@ def combine_(
 
 
 def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
-    from .methods import solve_weights_torch
-
     return solve_weights_torch(G, method, kappa)

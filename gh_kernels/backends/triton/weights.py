@@ -1,4 +1,4 @@
-"""Triton weights kernel: METHOD.md's rules from the 2x2 Gram matrix in one tiny launch.
+"""Triton weights kernel (the ``triton`` overload of ``gh_kernels::weights``): docs/METHOD.md's rules from the 2x2 Gram matrix in one tiny launch.
 
 Mirrors ``methods.solve_weights_torch`` and ``csrc/include/gh_weights.h``; tests compare all
 three with the float64 reference. ``acos`` is computed from a float32 arcsine polynomial
@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .methods import GHPP_MIN_SIN, METHOD_CODES, check_method
+from ..._constants import GHPP_MIN_SIN
+from ...methods import check_method
 
 _PI = math.pi
 

@@ -1,6 +1,6 @@
 """Work lists for the multi-tensor Triton kernels: one row per (tensor, chunk) work item.
 
-Row layout (int64, ``ROW`` = 8 columns): ``[off_0, off_1, off_2, off_3, off_out, start, length,
+Row layout (int64, ``ROW`` = ``_constants.WORK_ROW`` = 8 columns, read by ``common.work_item``): ``[off_0, off_1, off_2, off_3, off_out, start, length,
 present_bits]``, where ``off_k`` is the tensor's address relative to the launch's ``base`` tensor,
 in elements. Offsets from a typed base pointer (rather than raw addresses cast to pointers) let
 Triton prove 16-byte alignment and emit 16-byte vector loads. A set that has no gradient for a
@@ -17,10 +17,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ._flat import FlatParam
-
-ROW = 8
-MAX_SETS = 4
+from ..._constants import MAX_SETS, WORK_ROW as ROW
+from .flat import FlatParam
 
 
 @dataclass
@@ -100,14 +98,16 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
     launches, slot = [], 0
     pin = device.type == "cuda"
     for dtype, rows in meta.items():
-        m = torch.tensor(rows, dtype=torch.int64)                 # (P, 7): offsets x5, numel, bits
-        counts = (m[:, 5] + chunk - 1) // chunk                   # chunks per parameter
-        table_rows = m.repeat_interleave(counts, dim=0)
+        m = torch.tensor(rows, dtype=torch.int64)                 # (P, ROW - 1): MAX_SETS + 1 offsets, numel, bits
+        offsets, numel, bits = m[:, :MAX_SETS + 1], m[:, MAX_SETS + 1], m[:, MAX_SETS + 2:]
+        counts = (numel + chunk - 1) // chunk                     # chunks per parameter
         first = torch.cumsum(counts, 0) - counts
-        within = torch.arange(len(table_rows), dtype=torch.int64) - first.repeat_interleave(counts)
+        within = torch.arange(int(counts.sum()), dtype=torch.int64) - first.repeat_interleave(counts)
         start = within * chunk
-        length = torch.minimum(table_rows[:, 5] - start, torch.full_like(start, chunk))
-        table = torch.cat([table_rows[:, :5], start[:, None], length[:, None], table_rows[:, 6:7]], dim=1).contiguous()
+        length = torch.minimum(numel.repeat_interleave(counts) - start, torch.full_like(start, chunk))
+        table = torch.cat([offsets.repeat_interleave(counts, dim=0), start[:, None], length[:, None],
+                           bits.repeat_interleave(counts, dim=0)], dim=1).contiguous()
+        assert table.shape[1] == ROW
         for s in range(0, len(table), cfg.max_items_per_launch):
             part = table[s:s + cfg.max_items_per_launch]
             part = part.pin_memory().to(device, non_blocking=True) if pin else part.contiguous()  # async: no sync

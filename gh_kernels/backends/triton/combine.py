@@ -1,4 +1,5 @@
-"""Triton combine pass: ``out = sum_k w[k] * x_k (+ out)``, one launch per dtype group.
+"""Triton combine pass (the ``triton`` overload of ``gh_kernels::combine_``): ``out = sum_k w[k] * x_k
+(+ out)``, one launch per dtype group.
 
 The weights are read from device memory in each program's prologue (no host sync). Elements are
 read before they are written, so ``out`` may be one of the inputs.
@@ -11,23 +12,24 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_worklist as wl
-from ._flat import finish, flat_params
-from .triton_gram import _load_f32, _ptr, _val, _work_item
+from ..._constants import MAX_SETS
+from . import worklist as wl
+from .common import COL_OUT, COL_START, ROW, load_f32, ptr, val, work_item
+from .flat import finish, flat_params
 
 
 @triton.jit
 def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask,
                   K: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr):
-    y = w0 * _val(p0, offs, mask, h0, MASKED)
+    y = w0 * val(p0, offs, mask, h0, MASKED)
     if K >= 2:
-        y += w1 * _val(p1, offs, mask, h1, MASKED)
+        y += w1 * val(p1, offs, mask, h1, MASKED)
     if K >= 3:
-        y += w2 * _val(p2, offs, mask, h2, MASKED)
+        y += w2 * val(p2, offs, mask, h2, MASKED)
     if K >= 4:
-        y += w3 * _val(p3, offs, mask, h3, MASKED)
+        y += w3 * val(p3, offs, mask, h3, MASKED)
     if ACCUMULATE:
-        y += _load_f32(po, offs, mask, MASKED)
+        y += load_f32(po, offs, mask, MASKED)
     if MASKED:
         tl.store(po + offs, y.to(po.dtype.element_ty), mask=mask)
     else:
@@ -38,9 +40,9 @@ def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask
 def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
                     ALIGNED: tl.constexpr, VEC: tl.constexpr, ACCUMULATE: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    row = table + pid * 8
-    length, p0, p1, p2, p3, h0, h1, h2, h3 = _work_item(row, base, K, ALIGNED, VEC)
-    po = _ptr(row, 4, tl.load(row + 5), base, ALIGNED, VEC)
+    row = table + pid * ROW
+    length, p0, p1, p2, p3, h0, h1, h2, h3 = work_item(row, base, K, ALIGNED, VEC)
+    po = ptr(row, COL_OUT, tl.load(row + COL_START), base, ALIGNED, VEC)
     w0 = tl.load(weights)
     w1 = w0
     w2 = w0
@@ -64,8 +66,8 @@ def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
 def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
              weights: torch.Tensor, accumulate: bool) -> None:
     """In-place combine (op ``gh_kernels::combine_``) with the Triton kernel."""
-    if not 1 <= num_sets <= wl.MAX_SETS:
-        raise ValueError(f"the Triton kernels handle 1 to {wl.MAX_SETS} gradient sets, got {num_sets}")
+    if not 1 <= num_sets <= MAX_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
     if len(out) == 0:
         return
     device = out[0].device

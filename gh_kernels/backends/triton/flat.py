@@ -1,5 +1,5 @@
-"""Flat views of gradient tensors for the pointer-based kernels (Triton), the Python twin of
-``csrc/include/gh_tensor_utils.h``.
+"""Flat views of gradient tensors for the Triton kernels (the Python twin of the C++ backends'
+``csrc/include/gh_tensor_utils.h``).
 
 Every parameter becomes ``K`` input arrays (and an out array) of one dtype that index the same
 elements: tensors that are all contiguous, or all dense with the same strides, are used in

@@ -1,10 +1,11 @@
-"""Triton Gram pass: one launch per dtype group over a work list of (tensor, chunk) items.
+"""Triton Gram pass (the ``triton`` overload of ``gh_kernels::gram``): one launch per dtype group
+over a work list of (tensor, chunk) items.
 
 Each program reads its chunk of every set once, accumulates all K(K+1)/2 products in float32
 (``BLOCK``-wide accumulators, 16-byte vector loads when every pointer is 16-byte aligned) and
 writes them into its own row of ``partials`` (fixed slots). ``_gram_finalize`` then sums the
-rows in a fixed order in float64: deterministic, no atomics. Partials use the K = 4 pair order
-(0,0),(0,1),(0,2),(0,3),(1,1),(1,2),(1,3),(2,2),(2,3),(3,3); pairs beyond K stay zero.
+rows in a fixed order in float64: deterministic, no atomics. Partial columns follow
+``_constants.pair_column`` for MAX_SETS sets; pairs beyond K stay zero.
 """
 from __future__ import annotations
 
@@ -14,73 +15,33 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_worklist as wl
-from ._flat import flat_params
+from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
+from . import worklist as wl
+from .common import ROW, val, work_item
+from .flat import flat_params
 
-NUM_PAIRS = 10
-
-
-@triton.jit
-def _ptr(row, col: tl.constexpr, start, base, ALIGNED: tl.constexpr, VEC: tl.constexpr):
-    off = tl.load(row + col) + start
-    if ALIGNED:
-        off = tl.multiple_of(off, VEC)  # 16 bytes: lets Triton emit 16-byte vector loads
-    return base + off
-
-
-@triton.jit
-def _work_item(row, base, K: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
-    """One work-list row: its length, the K input pointers at its start and their present bits
-    (unused sets repeat set 0's pointer)."""
-    start = tl.load(row + 5)
-    length = tl.load(row + 6)
-    bits = tl.load(row + 7)
-    p0 = _ptr(row, 0, start, base, ALIGNED, VEC)
-    p1 = p0
-    p2 = p0
-    p3 = p0
-    if K >= 2:
-        p1 = _ptr(row, 1, start, base, ALIGNED, VEC)
-    if K >= 3:
-        p2 = _ptr(row, 2, start, base, ALIGNED, VEC)
-    if K >= 4:
-        p3 = _ptr(row, 3, start, base, ALIGNED, VEC)
-    return length, p0, p1, p2, p3, (bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0
-
-
-@triton.jit
-def _load_f32(ptr, offs, mask, MASKED: tl.constexpr):
-    if MASKED:
-        x = tl.load(ptr + offs, mask=mask, other=0.0)
-    else:
-        x = tl.load(ptr + offs)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _val(ptr, offs, mask, has, MASKED: tl.constexpr):
-    # A set without this gradient points at another set's memory; its values count as 0.
-    return tl.where(has, _load_f32(ptr, offs, mask, MASKED), 0.0)
+NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
+SETS = tl.constexpr(MAX_SETS)
 
 
 @triton.jit
 def _gram_tile(p0, p1, p2, p3, h0, h1, h2, h3, offs, mask,
                a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K: tl.constexpr, MASKED: tl.constexpr):
-    x0 = _val(p0, offs, mask, h0, MASKED)
+    x0 = val(p0, offs, mask, h0, MASKED)
     x1 = x0
     x2 = x0
     a00 += x0 * x0
     if K >= 2:
-        x1 = _val(p1, offs, mask, h1, MASKED)
+        x1 = val(p1, offs, mask, h1, MASKED)
         a01 += x0 * x1
         a11 += x1 * x1
     if K >= 3:
-        x2 = _val(p2, offs, mask, h2, MASKED)
+        x2 = val(p2, offs, mask, h2, MASKED)
         a02 += x0 * x2
         a12 += x1 * x2
         a22 += x2 * x2
     if K >= 4:
-        x3 = _val(p3, offs, mask, h3, MASKED)
+        x3 = val(p3, offs, mask, h3, MASKED)
         a03 += x0 * x3
         a13 += x1 * x3
         a23 += x2 * x3
@@ -92,8 +53,8 @@ def _gram_tile(p0, p1, p2, p3, h0, h1, h2, h3, offs, mask,
 def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
                           BLOCK: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    row = table + pid * 8
-    length, p0, p1, p2, p3, h0, h1, h2, h3 = _work_item(row, base, K, ALIGNED, VEC)
+    row = table + pid * ROW
+    length, p0, p1, p2, p3, h0, h1, h2, h3 = work_item(row, base, K, ALIGNED, VEC)
     z = tl.zeros([BLOCK], dtype=tl.float32)
     a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = z, z, z, z, z, z, z, z, z, z
     r = tl.arange(0, BLOCK)
@@ -106,7 +67,7 @@ def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
     a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = _gram_tile(
         p0, p1, p2, p3, h0, h1, h2, h3, offs, offs < length,
         a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K, True)
-    out = partials + (slot_base + pid) * 10
+    out = partials + (slot_base + pid) * NUM_PAIRS  # columns in pair_column order: (0,0),(0,1),...,(3,3)
     tl.store(out + 0, tl.sum(a00, axis=0))
     tl.store(out + 1, tl.sum(a01, axis=0))
     tl.store(out + 2, tl.sum(a02, axis=0))
@@ -127,22 +88,21 @@ def _gram_finalize_kernel(partials, G, items, K: tl.constexpr, RBLOCK: tl.conste
     rows = tl.arange(0, RBLOCK)
     for base in range(0, items, RBLOCK):
         r = base + rows
-        m = (r[:, None] < items) & (cols[None, :] < 10)
-        acc += tl.load(partials + r[:, None] * 10 + cols[None, :], mask=m, other=0.0).to(tl.float64)
+        m = (r[:, None] < items) & (cols[None, :] < NUM_PAIRS)
+        acc += tl.load(partials + r[:, None] * NUM_PAIRS + cols[None, :], mask=m, other=0.0).to(tl.float64)
     v = tl.sum(acc, axis=0).to(tl.float32)
-    # column -> (i, j) in the K = 4 pair order
-    i = (cols >= 4).to(tl.int32) + (cols >= 7).to(tl.int32) + (cols >= 9).to(tl.int32)
-    first = tl.where(i == 0, 0, tl.where(i == 1, 4, tl.where(i == 2, 7, 9)))
-    j = cols - first + i
-    valid = (cols < 10) & (i < K) & (j < K)
-    tl.store(G + i * K + j, v, mask=valid)
-    tl.store(G + j * K + i, v, mask=valid)
+    for a in tl.static_range(K):
+        for b in tl.static_range(a, K):
+            column = a * SETS - a * (a - 1) // 2 + (b - a)  # _constants.pair_column(a, b)
+            entry = tl.sum(tl.where(cols == column, v, 0.0), axis=0)
+            tl.store(G + a * K + b, entry)
+            tl.store(G + b * K + a, entry)
 
 
 def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
     """K x K float32 Gram matrix (op ``gh_kernels::gram``) with the Triton kernels."""
-    if not 1 <= num_sets <= wl.MAX_SETS:
-        raise ValueError(f"the Triton kernels handle 1 to {wl.MAX_SETS} gradient sets, got {num_sets}")
+    if not 1 <= num_sets <= MAX_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
     device = next(t.device for t in tensors if t is not None)
     params = flat_params(tensors, num_sets)
     launches, items, cfg = wl.build(params, num_sets, device, with_out=False)

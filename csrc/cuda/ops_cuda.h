@@ -1,0 +1,17 @@
+// The CUDA kernels of the gh_kernels ops (torch glue in ops_cuda.cpp, kernels in *.cu);
+// register_cuda.cpp registers them with the dispatcher. Schemas: gh_kernels/_ops.py.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace gh {
+namespace cuda {
+
+at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets);
+void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
+                  const at::Tensor& weights, bool accumulate);
+at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa);
+
+}  // namespace cuda
+}  // namespace gh

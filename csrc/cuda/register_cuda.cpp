@@ -1,0 +1,11 @@
+// Registration of the CUDA kernels: the "cuda" overloads of the ops defined in gh_kernels/_ops.py
+// (gh_kernels::gram.cuda, ...), for the CUDA dispatch key. The one place the CUDA backend registers.
+#include <torch/library.h>
+
+#include "ops_cuda.h"
+
+TORCH_LIBRARY_IMPL(gh_kernels, CUDA, m) {
+  m.impl("gram.cuda", &gh::cuda::gram_cuda);
+  m.impl("weights.cuda", &gh::cuda::weights_cuda);
+  m.impl("combine_.cuda", &gh::cuda::combine_cuda);
+}

@@ -1,0 +1,31 @@
+// Constants shared by the C++, CUDA, Python and Triton code. Python's copy is
+// gh_kernels/_constants.py; tests/test_constants.py compiles a program against this header and
+// compares every value, so the two cannot drift apart. Plain C++ (no torch headers): nvcc
+// compiles it standalone.
+#pragma once
+
+#if defined(__CUDACC__)
+#define GH_HD __host__ __device__
+#else
+#define GH_HD
+#endif
+
+namespace gh {
+
+// The fused kernels handle up to this many gradient sets (_constants.MAX_SETS).
+constexpr int kMaxSets = 4;
+// Partial-sum columns of the Gram pass: one per pair (a, b), a <= b (_constants.NUM_PAIRS).
+constexpr int kNumPairs = kMaxSets * (kMaxSets + 1) / 2;
+
+// Column of pair (a, b), a <= b: row-major upper triangle (_constants.pair_column).
+GH_HD constexpr int pair_column(int a, int b) { return a * kMaxSets - a * (a - 1) / 2 + (b - a); }
+
+// Method codes: the index of the name in _constants.METHODS.
+enum Method : int { kSum = 0, kGH = 1, kGHPP = 2, kGHPPReleased = 3 };
+constexpr int kNumMethods = 4;
+constexpr const char* kMethodNames[kNumMethods] = {"sum", "gh", "gh++", "gh++released"};
+
+// Below this sin(theta), GH++ uses the GH weights (_constants.GHPP_MIN_SIN).
+constexpr float kGhppMinSin = 0.02f;
+
+}  // namespace gh

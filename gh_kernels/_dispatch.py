@@ -1,0 +1,47 @@
+"""The validated internal layer: run an op with the chosen backend on arguments already checked.
+
+The public functions (``functional.py``) and ``Harmonizer`` validate their arguments once
+(``_validate.py``) and call these; nothing below re-checks. Each function resolves the backend
+(:func:`gh_kernels.backends.resolve`) and calls that backend's op overload through the dispatcher.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import backends
+from ._validate import TensorOrNone, flatten_sets
+
+
+def gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend: Optional[str]) -> torch.Tensor:
+    """K x K float32 Gram matrix of validated sets on ``device``."""
+    name = backends.resolve(backend, device, len(sets))
+    return backends.kernel(name, "gram")(flatten_sets(sets), len(sets))
+
+
+def weights(G: torch.Tensor, method: str, kappa: float, backend: Optional[str]) -> torch.Tensor:
+    """(2,) float32 weights from a 2x2 Gram matrix, for a checked ``method``/``kappa``."""
+    name = backends.resolve(backend, G.device, 2)
+    return backends.kernel(name, "weights")(G.to(torch.float32), method, float(kappa))
+
+
+def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device,
+            out: Optional[List[torch.Tensor]], accumulate: bool, backend: Optional[str]) -> List[TensorOrNone]:
+    """``out[p] (+)= sum_k w[k] sets[k][p]`` for float32 ``w`` on ``device`` and a validated ``out``
+    list, or new tensors when ``out`` is None (``None`` where no set has the parameter)."""
+    K = len(sets)
+    P = len(sets[0])
+    if out is None:
+        like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(P)]
+        out = [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
+    idx = [p for p in range(P) if out[p] is not None]
+    if idx:
+        if len(idx) < P:  # only out=None leaves holes; the kernels see the present parameters only
+            sub_sets = [[s[p] for p in idx] for s in sets]
+            sub_out = [out[p] for p in idx]
+        else:
+            sub_sets, sub_out = sets, out
+        name = backends.resolve(backend, device, K)
+        backends.kernel(name, "combine_")(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
+    return out

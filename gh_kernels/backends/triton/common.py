@@ -1,0 +1,58 @@
+"""JIT helpers shared by the multi-tensor Triton kernels (gram.py, combine.py): reading one row of
+the work list (worklist.py) and loading elements as float32 with absent sets read as zero."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..._constants import MAX_SETS, WORK_ROW
+
+#: Work-list row columns (worklist.py): offsets of the MAX_SETS sets, of out, then start, length, present bits.
+ROW = tl.constexpr(WORK_ROW)
+COL_OUT = tl.constexpr(MAX_SETS)
+COL_START = tl.constexpr(MAX_SETS + 1)
+COL_LENGTH = tl.constexpr(MAX_SETS + 2)
+COL_PRESENT = tl.constexpr(MAX_SETS + 3)
+
+
+@triton.jit
+def ptr(row, col: tl.constexpr, start, base, ALIGNED: tl.constexpr, VEC: tl.constexpr):
+    off = tl.load(row + col) + start
+    if ALIGNED:
+        off = tl.multiple_of(off, VEC)  # 16 bytes: lets Triton emit 16-byte vector loads
+    return base + off
+
+
+@triton.jit
+def work_item(row, base, K: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr):
+    """One work-list row: its length, the K input pointers at its start and their present bits
+    (unused sets repeat set 0's pointer)."""
+    start = tl.load(row + COL_START)
+    length = tl.load(row + COL_LENGTH)
+    bits = tl.load(row + COL_PRESENT)
+    p0 = ptr(row, 0, start, base, ALIGNED, VEC)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if K >= 2:
+        p1 = ptr(row, 1, start, base, ALIGNED, VEC)
+    if K >= 3:
+        p2 = ptr(row, 2, start, base, ALIGNED, VEC)
+    if K >= 4:
+        p3 = ptr(row, 3, start, base, ALIGNED, VEC)
+    return length, p0, p1, p2, p3, (bits & 1) != 0, (bits & 2) != 0, (bits & 4) != 0, (bits & 8) != 0
+
+
+@triton.jit
+def load_f32(ptr, offs, mask, MASKED: tl.constexpr):
+    if MASKED:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def val(ptr, offs, mask, has, MASKED: tl.constexpr):
+    # A set without this gradient points at another set's memory; its values count as 0.
+    return tl.where(has, load_f32(ptr, offs, mask, MASKED), 0.0)
