@@ -18,7 +18,6 @@ them again and write the result):
 from __future__ import annotations
 
 import copy
-import math
 import random
 from typing import List
 

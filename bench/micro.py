@@ -14,7 +14,6 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-import gh_kernels
 
 from . import registry, shapes
 

@@ -4,8 +4,8 @@
   python -m bench                    # the full suite (CPU: ~45 min on 2 cores)
   python -m bench --device cuda      # on a GPU machine (bench/gpu_check.sh runs this)
 
-Writes ``bench/results/<device>-<date>/`` (or ``--out``): micro.csv, e2e.csv, summary.md,
-gbps_vs_n.png, e2e_step_time.png.
+Writes ``bench/results/<device>-<date>/`` (or ``--out``): micro.csv, hostcost.csv, e2e.csv,
+summary.md, gbps_vs_n.png, e2e_step_time.png.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 
 import gh_kernels
 
-from . import e2e, micro, presets, report
+from . import e2e, hostcost, micro, presets, report
 
 
 def device_name(device: torch.device) -> str:
@@ -60,6 +60,12 @@ def main(argv=None):
         r["pct_copy_bw"] = 100 * r["gbps_5n"] / copy_gbps
     report.write_csv(os.path.join(outdir, "micro.csv"), micro_rows)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # host cost per call is measured on one thread (the host-cost issue's setting)
+    host_rows = hostcost.measure(device, rounds=p.hostcost_rounds)
+    torch.set_num_threads(threads)
+    report.write_csv(os.path.join(outdir, "hostcost.csv"), host_rows)
+
     e2e_rows, match = [], {}
     if not args.no_e2e:
         for cfg in e2e_configs:
@@ -84,17 +90,21 @@ def main(argv=None):
                + ("torch.cuda.max_memory_allocated delta of one call." if gpu else
                   "peak-RSS delta of one call after a warm-up call, in a fresh process, outputs already written once "
                   "(measured for the model lists and N=1e7 in float32)."), "",
-               report.micro_table(micro_rows, copy_gbps), ""]
+               report.micro_table(micro_rows, copy_gbps), "",
+               "## host cost per call (1 thread, tensors of 8 elements, interleaved; bench/hostcost.py)", "",
+               hostcost.table(host_rows), ""]
     if e2e_rows:
         summary += ["## one training step (DANN head)", "", report.e2e_table(e2e_rows), "",
                     "Released recipe vs `Harmonizer(mode='reweight')`, max relative `.grad` difference: "
                     + ", ".join(f"{c} {m}: {v:.1e}" for (c, m), v in match.items()), ""]
-    summary += ["## targets (from the benchmark issue), evaluated on this run", ""] + presets.targets(micro_rows, e2e_rows, copy_gbps, gpu) + [""]
+    summary += ["## targets (from the benchmark issue), evaluated on this run", ""] + presets.targets(micro_rows, e2e_rows, copy_gbps, gpu, host_rows) + [""]
     with open(os.path.join(outdir, "summary.md"), "w") as f:
         f.write("\n".join(summary))
     report.plots(outdir, micro_rows, e2e_rows)
     print()
     print(report.micro_table(micro_rows, copy_gbps))
+    print()
+    print(hostcost.table(host_rows))
     if e2e_rows:
         print()
         print(report.e2e_table(e2e_rows))

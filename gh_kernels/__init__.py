@@ -3,7 +3,8 @@
 Public API (each documented in the README):
 
 * functions: :func:`gram`, :func:`weights`, :func:`combine`, :func:`harmonize` (returns a
-  :class:`HarmonizeOutput`);
+  :class:`HarmonizeOutput`), and :func:`plan` (a :class:`HarmonizePlan`: ``harmonize`` validated
+  once, one op call per step);
 * the training-step class :class:`Harmonizer` (``backward`` returns a :class:`HarmonizeResult`);
 * backends: :func:`available_backends`, :func:`extension_error`, :class:`BackendUnavailable`;
 * :data:`METHODS`, the weight rules' names;
@@ -19,12 +20,13 @@ from .functional import HarmonizeOutput, combine, gram, harmonize, weights
 from .harmonizer import HarmonizeResult, Harmonizer
 from .layers import GradReverse, grad_reverse
 from .methods import METHODS
+from .plan import HarmonizePlan, plan
 
 load_backends()
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "Harmonizer", "HarmonizeResult",
+    "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "plan", "HarmonizePlan", "Harmonizer", "HarmonizeResult",
     "available_backends", "extension_error", "BackendUnavailable", "METHODS", "GradReverse", "grad_reverse",
 ]

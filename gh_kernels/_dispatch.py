@@ -6,7 +6,7 @@ The public functions (``functional.py``) and ``Harmonizer`` validate their argum
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -15,26 +15,25 @@ from ._validate import TensorOrNone, flatten_sets
 
 
 def gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend: Optional[str]) -> torch.Tensor:
-    """K x K float32 Gram matrix of validated sets on ``device``."""
+    """K x K Gram matrix of validated sets on ``device`` (float32; float64 when a gradient is float64)."""
     name = backends.resolve(backend, device, len(sets))
     return backends.kernel(name, "gram")(flatten_sets(sets), len(sets))
 
 
 def weights(G: torch.Tensor, method: str, kappa: float, backend: Optional[str]) -> torch.Tensor:
-    """(2,) float32 weights from a 2x2 Gram matrix, for a checked ``method``/``kappa``."""
+    """(2,) weights from a 2x2 Gram matrix, for a checked ``method``/``kappa`` (float64 for a float64 G)."""
     name = backends.resolve(backend, G.device, 2)
-    return backends.kernel(name, "weights")(G.to(torch.float32), method, float(kappa))
+    return backends.kernel(name, "weights")(G if G.dtype == torch.float64 else G.to(torch.float32), method, float(kappa))
 
 
 def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device,
             out: Optional[List[torch.Tensor]], accumulate: bool, backend: Optional[str]) -> List[TensorOrNone]:
-    """``out[p] (+)= sum_k w[k] sets[k][p]`` for float32 ``w`` on ``device`` and a validated ``out``
+    """``out[p] (+)= sum_k w[k] sets[k][p]`` for float32 (or float64) ``w`` on ``device`` and a validated ``out``
     list, or new tensors when ``out`` is None (``None`` where no set has the parameter)."""
     K = len(sets)
     P = len(sets[0])
     if out is None:
-        like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(P)]
-        out = [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
+        out = new_outs(sets)
     idx = [p for p in range(P) if out[p] is not None]
     if idx:
         if len(idx) < P:  # only out=None leaves holes; the kernels see the present parameters only
@@ -45,3 +44,24 @@ def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.d
         name = backends.resolve(backend, device, K)
         backends.kernel(name, "combine_")(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
     return out
+
+
+def new_outs(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:
+    """Tensors like the inputs, one per parameter (None where no set has the parameter)."""
+    like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(len(sets[0]))]
+    return [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
+
+
+def harmonize(sets: Sequence[List[TensorOrNone]], device: torch.device, out: Optional[List[torch.Tensor]], method: str,
+              kappa: float, backend: Optional[str]) -> Tuple[List[TensorOrNone], torch.Tensor, torch.Tensor]:
+    """Gram, weights and combine of two validated sets in one call of the fused op: (out, G, w)."""
+    name = backends.resolve(backend, device, 2)
+    out = new_outs(sets) if out is None else out
+    idx = [p for p, o in enumerate(out) if o is not None]
+    g1, g2 = sets
+    if len(idx) < len(out):  # only new outs leave holes: parameters no set has
+        G, w = backends.kernel(name, "harmonize_")([out[p] for p in idx], [g1[p] for p in idx] + [g2[p] for p in idx],
+                                                  None, method, float(kappa), 1.0, 1.0, False)
+    else:
+        G, w = backends.kernel(name, "harmonize_")(out, list(g1) + list(g2), None, method, float(kappa), 1.0, 1.0, False)
+    return out, G, w

@@ -14,11 +14,21 @@ Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-maj
 * ``combine_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights,
   bool accumulate) -> ()``: ``out[p] (+)= sum_k weights[k] * tensors[k*P + p]``, in place;
   ``out[p]`` may be one of the inputs.
+* ``harmonize_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, Tensor? gram_mask, str method,
+  float kappa, float scale1, float scale2, bool accumulate) -> (Tensor, Tensor)``: the three
+  above in one call for two sets: the Gram matrix over the parameters ``gram_mask`` (a CPU bool
+  tensor, one entry per parameter; all when None) selects, the weights ``w``, and
+  ``out[p] (+)= scale1 w1 g1[p] + scale2 w2 g2[p]``. Returns ``(gram, w)``. ``cache_host`` (CPU
+  uint8) and ``cache_device`` (uint8 on the gradients' device) are a plan's work-list cache, used by
+  the CUDA kernel (see ``csrc/cuda/ops_cuda.cpp``) and ignored by the others.
 
-``combine_`` writes through raw pointers in the C++ and Triton kernels, which autograd cannot
-see: an ``ADInplaceOrView`` kernel bumps the version counter of every ``out`` tensor (as
-``torch.library.custom_op`` does for mutable arguments), so a tensor saved for backward and then
-overwritten raises in backward instead of giving wrong gradients.
+The Gram matrix and the weights are float64 when a gradient is float64, else float32.
+
+``combine_`` and ``harmonize_`` write through raw pointers, which autograd cannot see: the
+version counter of every ``out`` tensor is bumped (as ``torch.library.custom_op`` does for
+mutable arguments), so a tensor saved for backward and then overwritten raises in backward
+instead of giving wrong gradients. The C++ kernels bump in C++; the Python backends get an
+``ADInplaceOrView`` kernel registered here.
 """
 from __future__ import annotations
 
@@ -27,21 +37,40 @@ import torch
 LIBRARY_NAME = "gh_kernels"
 #: One overload of every op per backend (the names of gh_kernels.backends.registry.BACKENDS).
 OVERLOADS = ("torch", "cpu", "cuda", "triton")
+#: Backends whose kernels are Python: they get the version-bumping ADInplaceOrView kernel from here.
+PYTHON_KERNELS = ("torch", "triton")
 
 _lib = torch.library.Library(LIBRARY_NAME, "DEF")
 
 
+def result_dtype(tensors) -> torch.dtype:
+    """dtype of the Gram matrix and weights: float64 when a gradient is float64, else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _fake_device(tensors) -> torch.device:
+    """Where a fake kernel's results live: "meta" when a real meta tensor reached the op (so callers that skip
+    the Python checks can tell that nothing was computed), else the tensors' (fake) device."""
+    present = [t for t in tensors if t is not None]
+    return torch.device("meta") if any(t.device.type == "meta" for t in present) else present[0].device
+
+
 def _gram_fake(tensors, num_sets):
-    device = next(t.device for t in tensors if t is not None)
-    return torch.empty((num_sets, num_sets), dtype=torch.float32, device=device)
+    return torch.empty((num_sets, num_sets), dtype=result_dtype(tensors), device=_fake_device(tensors))
 
 
 def _weights_fake(gram, method, kappa):
-    return torch.empty((2,), dtype=torch.float32, device=gram.device)
+    return torch.empty((2,), dtype=torch.float64 if gram.dtype == torch.float64 else torch.float32, device=gram.device)
 
 
 def _combine_fake(out, tensors, num_sets, weights, accumulate):
     return None
+
+
+def _harmonize_fake(out, tensors, gram_mask, method, kappa, scale1, scale2, accumulate, cache_host=None, cache_device=None):
+    device = _fake_device(list(tensors) + list(out))
+    dtype = result_dtype(tensors)
+    return torch.empty((2, 2), dtype=dtype, device=device), torch.empty((2,), dtype=dtype, device=device)
 
 
 def bump_versions(tensors) -> None:
@@ -49,11 +78,13 @@ def bump_versions(tensors) -> None:
     torch.autograd.graph.increment_version([t for t in tensors if t is not None])
 
 
-def _combine_adinplaceorview(overload):
-    def kernel(keyset, out, tensors, num_sets, weights, accumulate):
+def _bump_after(overload):
+    """ADInplaceOrView kernel of an op whose first argument is the list it writes."""
+    def kernel(keyset, out, *args):
         with torch._C._AutoDispatchBelowADInplaceOrView():
-            overload.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, out, tensors, num_sets, weights, accumulate)
+            result = overload.redispatch(keyset & torch._C._after_ADInplaceOrView_keyset, out, *args)
         bump_versions(out)
+        return result
     return kernel
 
 
@@ -61,11 +92,17 @@ for _name in OVERLOADS:
     _lib.define(f"gram.{_name}(Tensor?[] tensors, int num_sets) -> Tensor")
     _lib.define(f"weights.{_name}(Tensor gram, str method, float kappa) -> Tensor")
     _lib.define(f"combine_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights, bool accumulate) -> ()")
+    _lib.define(f"harmonize_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, Tensor? gram_mask, str method, float kappa, "
+                "float scale1, float scale2, bool accumulate, Tensor(b!)? cache_host=None, Tensor(c!)? cache_device=None) "
+                "-> (Tensor, Tensor)")
     torch.library.register_fake(f"{LIBRARY_NAME}::gram.{_name}", _gram_fake, lib=_lib)
     torch.library.register_fake(f"{LIBRARY_NAME}::weights.{_name}", _weights_fake, lib=_lib)
     torch.library.register_fake(f"{LIBRARY_NAME}::combine_.{_name}", _combine_fake, lib=_lib)
-    _lib.impl(f"combine_.{_name}", _combine_adinplaceorview(getattr(torch.ops.gh_kernels.combine_, _name)),
-              "ADInplaceOrView", with_keyset=True)
+    torch.library.register_fake(f"{LIBRARY_NAME}::harmonize_.{_name}", _harmonize_fake, lib=_lib)
+    if _name in PYTHON_KERNELS:
+        for _op in ("combine_", "harmonize_"):
+            _lib.impl(f"{_op}.{_name}", _bump_after(getattr(getattr(torch.ops.gh_kernels, _op), _name)),
+                      "ADInplaceOrView", with_keyset=True)
 
 
 def op(name: str, backend: str):
@@ -78,8 +115,9 @@ def has_kernel(name: str, backend: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY_NAME}::{name}.{backend}", dispatch_key)
 
 
-def register_kernels(backend: str, dispatch_key: str, gram, weights, combine_) -> None:
-    """Register a Python backend's three kernels for its overloads under ``dispatch_key``."""
+def register_kernels(backend: str, dispatch_key: str, gram, weights, combine_, harmonize_) -> None:
+    """Register a Python backend's kernels for its overloads under ``dispatch_key``."""
     _lib.impl(f"gram.{backend}", gram, dispatch_key)
     _lib.impl(f"weights.{backend}", weights, dispatch_key)
     _lib.impl(f"combine_.{backend}", combine_, dispatch_key)
+    _lib.impl(f"harmonize_.{backend}", harmonize_, dispatch_key)

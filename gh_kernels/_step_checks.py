@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import _graph, distributed
-from ._validate import SUPPORTED_DTYPES
+from ._validate import DTYPE_NAMES, SUPPORTED_DTYPES
 
 
 def unique_tensors(params) -> List[torch.Tensor]:
@@ -41,8 +41,7 @@ def check_params(params: Sequence[torch.Tensor]) -> None:
     """Dtypes the kernels support, dense parameters (a parameter's gradient has its dtype)."""
     for i, p in enumerate(params):
         if p.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"params[{i}] has dtype {p.dtype}; supported parameter dtypes are float32, bfloat16 "
-                            "and float16")
+            raise TypeError(f"params[{i}] has dtype {p.dtype}; supported parameter dtypes are {DTYPE_NAMES}")
         if p.layout is not torch.strided:
             raise TypeError(f"params[{i}] has layout {p.layout}; parameters must be dense (torch.strided)")
 

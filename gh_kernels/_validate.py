@@ -14,7 +14,8 @@ import torch
 
 from ._memory import check_out_aliasing
 
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+DTYPE_NAMES = "float32, bfloat16, float16 and float64"
 
 TensorOrNone = Optional[torch.Tensor]
 GradSet = Union[torch.Tensor, Sequence[TensorOrNone]]
@@ -33,11 +34,20 @@ def as_set(value: GradSet, name: str) -> List[TensorOrNone]:
     raise TypeError(f"{name} must be a tensor or a list/tuple of tensors, got {type(value).__name__}")
 
 
+def check_grad_sets(grads, name: str = "grads", set_names: Optional[Sequence[str]] = None):
+    """The ``grads`` argument (a list/tuple of gradient sets) as canonical sets, and their device."""
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{name} must be a list/tuple of gradient sets, got {type(grads).__name__}")
+    names = list(set_names) if set_names is not None else [f"{name}[{k}]" for k in range(len(grads))]
+    sets = [as_set(s, names[k]) for k, s in enumerate(grads)]
+    return sets, check_sets(sets, names)
+
+
 def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torch.device:
     """Check that K sets align parameter by parameter; return their common device.
 
     Rules: same length; for every parameter index the non-None tensors share shape and
-    dtype; dtypes are float32/bfloat16/float16; dense (strided) tensors with data (not sparse,
+    dtype; dtypes are float32/bfloat16/float16/float64; dense (strided) tensors with data (not sparse,
     not meta); one device for everything; at least one tensor in all. Written as a fast pass (this runs on every step, before kernels of a few
     microseconds) that falls back to :func:`_explain` to name the offending argument.
     """
@@ -101,7 +111,7 @@ def _explain(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> None:
             if t.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(
                     f"{where} has dtype {t.dtype}; supported gradient dtypes are "
-                    "float32, bfloat16 and float16"
+                    + DTYPE_NAMES
                 )
             if device is None:
                 device, first_name = t.device, where
@@ -154,7 +164,7 @@ def _explain_out(p: int, o, ref: TensorOrNone, name: str) -> None:
                          "the gradients computed through it; write into gradient buffers (detached tensors)")
     _check_storage(o, f"{name}[{p}]")
     if o.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name}[{p}] has dtype {o.dtype}; supported: float32, bfloat16, float16")
+        raise TypeError(f"{name}[{p}] has dtype {o.dtype}; supported: {DTYPE_NAMES}")
     if ref is None:
         raise ValueError(f"{name}[{p}] is on {o.device} but the gradients are on another device")
     if o.shape != ref.shape:

@@ -1,10 +1,10 @@
 """Public functional API: ``gram``, ``weights``, ``combine``, ``harmonize``.
 
 Shapes and dtypes: a *gradient set* is a list/tuple with one tensor per parameter (``None``
-means a zero gradient) or a single tensor. Gradients may be float32, bfloat16 or float16 and
-must match set-to-set per parameter (shape, dtype); everything lives on one device. All
-accumulation is float32; weights and Gram matrices are float32 device tensors. Nothing here
-synchronizes with the host.
+means a zero gradient) or a single tensor. Gradients may be float32, bfloat16, float16 or float64
+and must match set-to-set per parameter (shape, dtype); everything lives on one device. All
+accumulation is float32 (float64 for float64 gradients); weights and Gram matrices are float32
+device tensors (float64 when a gradient is float64). Nothing here synchronizes with the host.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence
 import torch
 
 from . import _dispatch
-from ._validate import GradSet, TensorOrNone, as_set, check_out, check_sets
+from ._validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
 from .methods import check_method
 
 
@@ -21,30 +21,22 @@ class HarmonizeOutput(NamedTuple):
     """What :func:`harmonize` computed, as device tensors (nothing is copied to the host)."""
 
     out: List[TensorOrNone]  #: w1*g1 + w2*g2 per parameter (the ``out`` list, or new tensors)
-    weights: torch.Tensor  #: (2,) float32: (w1, w2)
-    gram: torch.Tensor  #: (2, 2) float32 Gram matrix of g1 and g2
-
-
-def _sets(grads: Sequence[GradSet], name: str = "grads", set_names: Optional[Sequence[str]] = None):
-    if isinstance(grads, torch.Tensor) or not isinstance(grads, (list, tuple)):
-        raise TypeError(f"{name} must be a list/tuple of gradient sets, got {type(grads).__name__}")
-    names = list(set_names) if set_names is not None else [f"{name}[{k}]" for k in range(len(grads))]
-    sets = [as_set(s, names[k]) for k, s in enumerate(grads)]
-    device = check_sets(sets, names)
-    return sets, device
+    weights: torch.Tensor  #: (2,): (w1, w2), float32 (float64 for float64 gradients)
+    gram: torch.Tensor  #: (2, 2) Gram matrix of g1 and g2, float32 (float64 for float64 gradients)
 
 
 def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Tensor:
-    """K x K Gram matrix ``G[i, j] = <grads[i], grads[j]>`` (float32, on the sets' device).
+    """K x K Gram matrix ``G[i, j] = <grads[i], grads[j]>`` on the sets' device.
 
-    One pass over the data; float32 accumulation whatever the input dtype.
+    One pass over the data; float32 accumulation and result (float64 when a gradient is float64).
     """
-    sets, device = _sets(grads)
+    sets, device = check_grad_sets(grads)
     return _dispatch.gram(sets, device, backend)
 
 
 def weights(G: torch.Tensor, method: str = "gh", *, kappa: float = 0.5, backend: Optional[str] = None) -> torch.Tensor:
-    """Weights ``(w1, w2)`` of docs/METHOD.md from the 2x2 Gram matrix ``G``: float32 (2,) on G's device.
+    """Weights ``(w1, w2)`` of docs/METHOD.md from the 2x2 Gram matrix ``G``: (2,) on G's device,
+    float32 (float64 for a float64 ``G``).
 
     ``method``: ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++) or ``"gh++released"``;
     ``kappa`` in [0, 1] splits the GH++ turn (0.5: equal shares). No host synchronization.
@@ -78,7 +70,7 @@ def combine(
     (:mod:`gh_kernels._memory`). Written tensors get their autograd version counter bumped.
     Returns ``out`` (a list).
     """
-    sets, device = _sets(grads)
+    sets, device = check_grad_sets(grads)
     K = len(sets)
     if not isinstance(w, torch.Tensor):
         w = torch.as_tensor(w, dtype=torch.float32, device=device)
@@ -94,7 +86,8 @@ def combine(
     else:
         out = list(as_set(out, "out"))
         check_out(out, sets)
-    return _dispatch.combine(w.to(torch.float32), sets, device, out, accumulate, backend)
+    w = w if w.dtype == torch.float64 else w.to(torch.float32)
+    return _dispatch.combine(w, sets, device, out, accumulate, backend)
 
 
 def harmonize(
@@ -109,14 +102,14 @@ def harmonize(
     """Gram matrix, weights and combine: ``w1*g1 + w2*g2`` per parameter, and what it was computed from.
 
     ``out``: the tensors to write (``out=g2``, or g1, harmonizes in place); default new tensors.
-    Returns ``HarmonizeOutput(out, weights, gram)``. Three steps (Gram pass, weights, combine
-    pass), no host sync, no flat copies.
+    Returns ``HarmonizeOutput(out, weights, gram)``. One call of the fused op (Gram pass, weights,
+    combine pass), no host sync, no flat copies. For a loop that calls it every step on the same
+    lists, :func:`gh_kernels.plan` checks the arguments once instead of every call.
     """
     check_method(method, kappa)
-    sets, device = _sets([g1, g2], set_names=("g1", "g2"))
+    sets, device = check_grad_sets([g1, g2], set_names=("g1", "g2"))
     if out is not None:
         out = list(as_set(out, "out"))
         check_out(out, sets, set_names=("g1", "g2"))
-    G = _dispatch.gram(sets, device, backend)
-    w = _dispatch.weights(G, method, kappa, backend)
-    return HarmonizeOutput(_dispatch.combine(w, sets, device, out, False, backend), w, G)
+    out, G, w = _dispatch.harmonize(sets, device, out, method, kappa, backend)
+    return HarmonizeOutput(out, w, G)

@@ -8,8 +8,7 @@ from typing import Iterable, List, NamedTuple, Optional
 import torch
 
 from . import _step_checks as checks
-from . import _dispatch, backends, distributed
-from ._validate import check_sets
+from . import _dispatch, _write, distributed
 from .methods import check_method
 
 MODES = ("reweight", "surgery")
@@ -72,7 +71,6 @@ class Harmonizer:
             if not self.shared_index:
                 raise ValueError("shared is empty: pass the parameters the Gram matrix is computed over")
         self.device = distributed.local(self.params[0]).device
-        backends.resolve(backend, self.device, 2)  # an unknown or unusable backend fails here, not mid-step
         checks.check_sync(sync)
         self.method, self.kappa, self.mode, self.backend = method, float(kappa), mode, backend
         self.sync, self.process_group = sync, process_group
@@ -80,6 +78,11 @@ class Harmonizer:
         for i in self.shared_index or []:
             self._is_shared[i] = True
         self._graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
+        # Decided once (an unknown or unusable backend fails here, not mid-step): one fused op call
+        # (Gram, weights, combine) per step when every gradient gets the same weights; surgery's plain
+        # group, per-rank weights and sharded Gram sums need separate steps.
+        self._step = _write.StepPlan(self.params, self._is_shared, self.device, method, self.kappa, mode, backend,
+                                     sync, process_group)
 
     def backward(self, loss1: torch.Tensor, loss2: torch.Tensor, *, scale1: float = 1.0, scale2: float = 1.0,
                  retain_graph: bool = False) -> HarmonizeResult:
@@ -101,14 +104,19 @@ class Harmonizer:
             prev, g1, g2 = ([distributed.local(t) for t in s] for s in wrapped)
             if self.sync in ("global", "local"):
                 distributed.fill_and_reduce(g1, g2, wrapped[1:], self.params, self.device, self.sync, self.process_group)
-            device = self._check_grads(g1, g2)
-            G = self._gram(g1, g2, device)
-            w = _dispatch.weights(G, self.method, self.kappa, self.backend)
+            done = self._step.fusable and _write.fused_step(self._step, g1, g2, prev, wrapped, scale1, scale2)
+            if not done:
+                device = _write.check_grads(g1, g2, self.device)
+                G = self._gram(g1, g2, device)
+                w = _dispatch.weights(G, self.method, self.kappa, self.backend)
         except BaseException:
             for p, g in zip(self.params, previous):
                 p.grad = g
             raise
-        self._write(g1, g2, prev, wrapped, w, scale1, scale2, device)
+        if done:
+            G, w = done
+        else:
+            _write.grouped_write(self._step, g1, g2, prev, wrapped, w, scale1, scale2, device)
         norm_prod = (G[0, 0] * G[1, 1]).sqrt()
         cos = torch.where(norm_prod > 0, G[0, 1] / norm_prod.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm_prod))
         return HarmonizeResult(w, cos, G)
@@ -116,7 +124,7 @@ class Harmonizer:
     def _check_call(self, loss1, loss2) -> None:
         checks.check_loss(loss1, "loss1")
         checks.check_loss(loss2, "loss2")
-        checks.check_sync(self.sync)  # parameter dtypes: checked by the constructor, and in _check_grads
+        checks.check_sync(self.sync)  # parameter dtypes: checked by the constructor, and with the gradients
         if not self._graph_checked:
             checks.check_graph(loss1, loss2, self.params, self.shared_index)
             self._graph_checked = True
@@ -126,12 +134,6 @@ class Harmonizer:
             p.grad = None
         loss.backward(retain_graph=retain_graph)
         return [p.grad for p in self.params]
-
-    def _check_grads(self, g1, g2) -> torch.device:
-        """Dtypes, layouts and devices of what the backward passes produced (named by parameter index)."""
-        if all(t is None for t in g1) and all(t is None for t in g2):
-            return self.device
-        return check_sets([g1, g2], ["the loss1 gradient of params", "the loss2 gradient of params"])
 
     def _gram(self, g1, g2, device) -> torch.Tensor:
         index = self.shared_index if self.shared_index is not None else [i for i, t in enumerate(g2) if t is not None]
@@ -143,37 +145,3 @@ class Harmonizer:
         if self.sync == "sharded":
             G = distributed.all_reduce_sum_(G.contiguous(), self.process_group)  # every rank, even with an empty shard
         return G
-
-    def _write(self, g1, g2, prev, wrapped, w, scale1, scale2, device) -> None:
-        """Combine, grouped by (weights, accumulate) so each group is one fused call; write into .grad."""
-        wrap_prev, wrap1, wrap2 = wrapped
-        harmonized = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
-        defer_previous = self.sync == "local"  # combine fresh gradients, average, then add to what .grad held
-        groups, results = {}, {}
-        for i, p in enumerate(self.params):
-            if g1[i] is None and g2[i] is None:
-                p.grad = wrap_prev[i]
-                continue
-            shared = g2[i] is not None if self._is_shared is None else self._is_shared[i]
-            use_plain = self.mode == "surgery" and not shared
-            if prev[i] is not None and not defer_previous:
-                out, acc, target = prev[i], True, wrap_prev[i]
-            else:  # in place into a gradient we own
-                out, acc, target = (g2[i], False, wrap2[i]) if g2[i] is not None else (g1[i], False, wrap1[i])
-            groups.setdefault((use_plain, acc), []).append((i, out))
-            results[i] = (out, target)
-        for (use_plain, acc), members in groups.items():
-            weights = harmonized
-            if use_plain:  # (scale1, scale2) built on the device: no host copy
-                one = torch.ones((), dtype=torch.float32, device=device)
-                weights = torch.stack((one * scale1, one * scale2))
-            idx = [i for i, _ in members]
-            _dispatch.combine(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
-                                        [o for _, o in members], acc, self.backend)
-        if defer_previous:
-            distributed.all_reduce_mean_([o for o, _ in results.values()], self.process_group)
-        for i, (out, target) in results.items():
-            if defer_previous and prev[i] is not None:
-                prev[i].add_(out)
-                target = wrap_prev[i]
-            self.params[i].grad = target

@@ -45,18 +45,20 @@ def check_method(method: str, kappa: float) -> int:
 
 
 def solve_weights_torch(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
-    """Weights ``(w1, w2)`` as a float32 tensor on ``G``'s device; no host synchronization.
+    """Weights ``(w1, w2)`` as a tensor on ``G``'s device; no host synchronization.
 
     Pure tensor code (``torch.where``/``clamp``, no ``.item()``), so it also traces under
-    ``torch.compile``. ``G`` is the 2x2 Gram matrix (any float dtype; computed in float32).
+    ``torch.compile``. ``G`` is the 2x2 Gram matrix; computed in float64 when ``G`` is float64
+    (float64 gradients), else in float32.
     """
-    G = G.to(torch.float32)
-    ones = torch.ones(2, dtype=torch.float32, device=G.device)
+    dtype = torch.float64 if G.dtype == torch.float64 else torch.float32
+    G = G.to(dtype)
+    ones = torch.ones(2, dtype=dtype, device=G.device)
     if method == "sum":
         return ones
     n1sq, c, n2sq = G[0, 0], G[0, 1], G[1, 1]
     conflict = (c < 0) & torch.isfinite(G).all()
-    one = torch.ones((), dtype=torch.float32, device=G.device)
+    one = torch.ones((), dtype=dtype, device=G.device)
     # Guards only matter for entries that torch.where discards; they keep NaN out of both branches.
     n1sq_safe = torch.where(n1sq > 0, n1sq, one)
     n2sq_safe = torch.where(n2sq > 0, n2sq, one)

@@ -1,5 +1,4 @@
 """Harmonizer: equality with the released three-backward recipe, modes, accumulation, AMP, edge cases."""
-import math
 
 import pytest
 import torch

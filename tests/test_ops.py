@@ -22,12 +22,23 @@ def sample_inputs(op, device, gen):
             sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
             sets[-1][2] = None
             cases.append(([t for s in sets for t in s], K))
+        cases.append(([t.double() for t in make_set(sizes, torch.float32, gen)] * 2, 2))
     elif op == "weights":
         for method in gh_kernels.METHODS:
             for G in ([[2.0, -1.0], [-1.0, 3.0]], [[1.0, 0.5], [0.5, 1.0]]):
                 cases.append((torch.tensor(G, device=device), method, 0.3))
+            cases.append((torch.tensor([[2.0, -1.0], [-1.0, 3.0]], dtype=torch.float64, device=device), method, 0.3))
+    elif op == "harmonize_":
+        for dtype, masked, accumulate in ((torch.float32, False, False), (torch.bfloat16, True, True), (torch.float64, False, True)):
+            g1, g2 = on(list(conflicting_pair([7, (3, 5), 1, 33], torch.float32, gen)), device)
+            g1, g2 = [t.to(dtype) for t in g1], [t.to(dtype) for t in g2]
+            g1[2] = None
+            out = on([make_set([7, (3, 5), 1, 33], dtype, gen)], device)[0]
+            mask = torch.tensor([True, False, True, True]) if masked else None
+            cases.append((out, g1 + g2, mask, "gh++", 0.3, 0.5, 2.0, accumulate))
     else:  # combine_
-        for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False)):
+        for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False),
+                                     (2, torch.float64, False)):
             sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
             sets[0][1] = None
             out = on([make_set(sizes, dtype, gen)], device)[0]
@@ -44,13 +55,22 @@ def reference(op, args):
         return gram_reference([on([tensors[k * P:(k + 1) * P]], "cpu")[0] for k in range(K)])
     if op == "weights":
         return weights_reference(args[0].cpu().double(), args[1], args[2])
+    if op == "harmonize_":
+        out, tensors, mask, method, kappa, s1, s2, accumulate = args
+        P = len(out)
+        g1, g2 = on([tensors[:P]], "cpu")[0], on([tensors[P:]], "cpu")[0]
+        keep = [True] * P if mask is None else mask.tolist()
+        G = gram_reference([[t if k else None for t, k in zip(g1, keep)], [t if k else None for t, k in zip(g2, keep)]])
+        w = weights_reference(G, method, kappa)
+        return G, w, combine_reference(w * torch.tensor([s1, s2], dtype=torch.float64), [g1, g2],
+                                       out_init=[o.cpu() for o in out] if accumulate else None)
     out, tensors, K, w, accumulate = args
     P = len(out)
     sets = [on([tensors[k * P:(k + 1) * P]], "cpu")[0] for k in range(K)]
     return combine_reference(w.cpu(), sets, out_init=[o.cpu() for o in out] if accumulate else None)
 
 
-OPS = ("gram", "weights", "combine_")
+OPS = ("gram", "weights", "combine_", "harmonize_")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -59,12 +79,19 @@ def test_op_matches_reference(op, device, backend, gen):
     for args in sample_inputs(op, device, gen):
         expected = reference(op, args)
         result = kernel(*args)
-        if op == "combine_":
-            result = args[0]
-            for o, r in zip(result, expected):
+        if op == "harmonize_":
+            G_ref, w_ref, out_ref = expected
+            assert result[0].dtype == result[1].dtype == (torch.float64 if args[0][0].dtype == torch.float64 else torch.float32)
+            torch.testing.assert_close(result[0].cpu().double(), G_ref, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(result[1].cpu().double(), w_ref, rtol=1e-4, atol=1e-5)
+            expected, result = out_ref, None
+        if op in ("combine_", "harmonize_"):
+            for o, r in zip(args[0], expected):
                 torch.testing.assert_close(o.cpu().double(), r, rtol=2e-2, atol=2e-2)
         else:
-            assert result.device.type == device and result.dtype == torch.float32
+            f64 = any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args) or (
+                isinstance(args[0], list) and any(t is not None and t.dtype == torch.float64 for t in args[0]))
+            assert result.device.type == device and result.dtype == (torch.float64 if f64 else torch.float32)
             torch.testing.assert_close(result.cpu().double(), expected, rtol=1e-5, atol=1e-4)
 
 
@@ -79,7 +106,7 @@ def test_op_under_compile(op, device, backend, gen):
     torch._dynamo.reset()
     kernel = backends.kernel(backend, op)
     args = sample_inputs(op, device, gen)[0]
-    if op == "combine_":
+    if op in ("combine_", "harmonize_"):
         out_eager = [t.clone() for t in args[0]]
         kernel(out_eager, *args[1:])
         torch.compile(kernel, fullgraph=True, backend="aot_eager")(*args)

@@ -8,4 +8,5 @@ TORCH_LIBRARY_IMPL(gh_kernels, CPU, m) {
   m.impl("gram.cpu", &gh::cpu::gram_cpu);
   m.impl("weights.cpu", &gh::cpu::weights_cpu);
   m.impl("combine_.cpu", &gh::cpu::combine_cpu);
+  m.impl("harmonize_.cpu", &gh::cpu::harmonize_cpu);
 }

@@ -1,4 +1,5 @@
-// CUDA combine pass: out = sum_k w[k] * in_k (+ out), one block per work item, float32 math,
+// CUDA combine pass: out = sum_k w[k] * in_k (+ out), one block per work item, float32 math (float64
+// for float64 gradients),
 // weights read from device memory (no host sync). The loop is the multi-tensor harness's; this
 // file is the functor and its launcher.
 #include "multi_tensor_apply.cuh"
@@ -7,28 +8,29 @@ namespace gh {
 namespace cuda {
 namespace {
 
-template <int K, bool ACCUMULATE>
+template <int K, bool ACCUMULATE, typename A>
 struct CombineFunctor {
   static constexpr bool kReadsOut = ACCUMULATE;
   static constexpr bool kWritesOut = true;
-  float w[K];
-  __device__ void operator()(const float (&x)[K], float& y) const {
+  A w[K];
+  __device__ void operator()(const A (&x)[K], A& y) const {
 #pragma unroll
-    for (int k = 0; k < K; ++k) y = fmaf(w[k], x[k], y);
+    for (int k = 0; k < K; ++k) y = fma(w[k], x[k], y);
   }
 };
 
 template <typename T, int K, bool ACCUMULATE>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const WorkItem* __restrict__ items, const float* __restrict__ weights) {
-  CombineFunctor<K, ACCUMULATE> f;
+__global__ void __launch_bounds__(kThreads) combine_kernel(const WorkItem* __restrict__ items, const double* __restrict__ weights) {
+  using A = typename Vec<T>::Acc;
+  CombineFunctor<K, ACCUMULATE, A> f;
 #pragma unroll
-  for (int k = 0; k < K; ++k) f.w[k] = weights[k];
+  for (int k = 0; k < K; ++k) f.w[k] = static_cast<A>(weights[k]);  // float64 weights, used in the accumulation type
   for_each_element<T, K>(items[blockIdx.x], f);
 }
 
 }  // namespace
 
-cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const float* weights,
+cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const double* weights,
                            bool accumulate, cudaStream_t stream) {
   if (num_items <= 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(num_items)), block(kThreads);

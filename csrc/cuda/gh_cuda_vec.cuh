@@ -1,4 +1,5 @@
-// 16-byte vector loads/stores with float32 conversion for float, bfloat16 and float16.
+// 16-byte vector loads/stores with conversion to the accumulation type `Acc`: float32 for float,
+// bfloat16 and float16, float64 for double.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -13,7 +14,21 @@ template <typename T>
 struct Vec;
 
 template <>
+struct Vec<double> {
+  using Acc = double;
+  static constexpr int N = 2;
+  __device__ static void load(const double* p, double* v) {
+    double2 x = *reinterpret_cast<const double2*>(p);
+    v[0] = x.x; v[1] = x.y;
+  }
+  __device__ static void store(double* p, const double* v) { *reinterpret_cast<double2*>(p) = make_double2(v[0], v[1]); }
+  __device__ static double to_f(double x) { return x; }
+  __device__ static double from_f(double x) { return x; }
+};
+
+template <>
 struct Vec<float> {
+  using Acc = float;
   static constexpr int N = 4;
   __device__ static void load(const float* p, float* v) {
     float4 x = *reinterpret_cast<const float4*>(p);
@@ -26,6 +41,7 @@ struct Vec<float> {
 
 template <>
 struct Vec<__nv_bfloat16> {
+  using Acc = float;
   static constexpr int N = 8;
   __device__ static void load(const __nv_bfloat16* p, float* v) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);
@@ -50,6 +66,7 @@ struct Vec<__nv_bfloat16> {
 
 template <>
 struct Vec<__half> {
+  using Acc = float;
   static constexpr int N = 8;
   __device__ static void load(const __half* p, float* v) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);

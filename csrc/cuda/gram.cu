@@ -1,4 +1,5 @@
 // CUDA Gram pass: one block per work item (tensor chunk), all K(K+1)/2 products in float32
+// (float64 for float64 gradients)
 // (the multi-tensor harness's loop with a Gram functor), a fixed-order block reduction into the
 // item's own partial row (column pair_column(a, b), gh_constants.h), and a one-block cleanup
 // kernel that sums the rows in float64 in a fixed order. Deterministic: no atomics, and the
@@ -9,54 +10,59 @@ namespace gh {
 namespace cuda {
 namespace {
 
-template <int K>
+template <int K, typename A>
 struct Acc {
   static constexpr int NP = K * (K + 1) / 2;
-  float s[NP];
+  A s[NP];
   __device__ void zero() {
 #pragma unroll
-    for (int q = 0; q < NP; ++q) s[q] = 0.0f;
+    for (int q = 0; q < NP; ++q) s[q] = A(0);
   }
-  __device__ void add(const float* x) {  // x[K]
+  __device__ void add(const A* x) {  // x[K]
     int q = 0;
 #pragma unroll
     for (int a = 0; a < K; ++a)
 #pragma unroll
-      for (int b = a; b < K; ++b, ++q) s[q] = fmaf(x[a], x[b], s[q]);
+      for (int b = a; b < K; ++b, ++q) s[q] = fma(x[a], x[b], s[q]);
   }
 };
 
-// The harness's functor: all K(K+1)/2 products of one element, accumulated in float32 registers.
-template <int K>
+// The harness's functor: all K(K+1)/2 products of one element, accumulated in registers of the
+// accumulation type A (float32; float64 for float64 gradients).
+template <int K, typename A>
 struct GramFunctor {
   static constexpr bool kReadsOut = false;
   static constexpr bool kWritesOut = false;
-  Acc<K> acc;
-  __device__ void operator()(const float (&x)[K], float&) { acc.add(x); }
+  Acc<K, A> acc;
+  __device__ void operator()(const A (&x)[K], A&) { acc.add(x); }
 };
 
 template <typename T, int K>
-__global__ void __launch_bounds__(kThreads) gram_partials_kernel(const WorkItem* __restrict__ items, float* __restrict__ partials) {
-  GramFunctor<K> f;
+__global__ void __launch_bounds__(kThreads) gram_partials_kernel(const WorkItem* __restrict__ items, double* __restrict__ partials) {
+  using A = typename Vec<T>::Acc;
+  using AccK = Acc<K, A>;
+  const WorkItem& item = items[blockIdx.x];
+  if (item.present & kNotInGram) return;  // its partial row stays zero (memset by the launcher)
+  GramFunctor<K, A> f;
   f.acc.zero();
-  for_each_element<T, K>(items[blockIdx.x], f);
-  const Acc<K>& acc = f.acc;
+  for_each_element<T, K>(item, f);
+  const AccK& acc = f.acc;
   // Fixed-order block reduction: warp shuffles, then warp 0 over the per-warp sums.
-  __shared__ float warp_sums[kThreads / 32][Acc<K>::NP];
+  __shared__ A warp_sums[kThreads / 32][AccK::NP];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int q = 0; q < Acc<K>::NP; ++q) {
-    float s = acc.s[q];
+  for (int q = 0; q < AccK::NP; ++q) {
+    A s = acc.s[q];
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
     if (lane == 0) warp_sums[warp][q] = s;
   }
   __syncthreads();
   if (warp == 0) {
-    float* row = partials + static_cast<int64_t>(blockIdx.x) * kNumPairs;
+    double* row = partials + static_cast<int64_t>(blockIdx.x) * kNumPairs;
 #pragma unroll
-    for (int q = 0; q < Acc<K>::NP; ++q) {
-      float s = lane < kThreads / 32 ? warp_sums[lane][q] : 0.0f;
+    for (int q = 0; q < AccK::NP; ++q) {
+      A s = lane < kThreads / 32 ? warp_sums[lane][q] : A(0);
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
       if (lane == 0) {
@@ -66,21 +72,22 @@ __global__ void __launch_bounds__(kThreads) gram_partials_kernel(const WorkItem*
           rem -= K - a;
           ++a;
         }
-        row[pair_column(a, a + rem)] = s;
+        row[pair_column(a, a + rem)] = static_cast<double>(s);
       }
     }
   }
 }
 
-__global__ void __launch_bounds__(512) gram_finalize_kernel(const float* __restrict__ partials, int64_t num_items, int K,
-                                                            float* __restrict__ G) {
+template <typename GT>
+__global__ void __launch_bounds__(512) gram_finalize_kernel(const double* __restrict__ partials, int64_t num_items, int K,
+                                                            GT* __restrict__ G) {
   __shared__ double sums[512][kNumPairs];
   double local[kNumPairs];
 #pragma unroll
   for (int q = 0; q < kNumPairs; ++q) local[q] = 0.0;
   for (int64_t r = threadIdx.x; r < num_items; r += blockDim.x)
 #pragma unroll
-    for (int q = 0; q < kNumPairs; ++q) local[q] += static_cast<double>(partials[r * kNumPairs + q]);
+    for (int q = 0; q < kNumPairs; ++q) local[q] += partials[r * kNumPairs + q];
 #pragma unroll
   for (int q = 0; q < kNumPairs; ++q) sums[threadIdx.x][q] = local[q];
   __syncthreads();
@@ -93,7 +100,7 @@ __global__ void __launch_bounds__(512) gram_finalize_kernel(const float* __restr
   if (threadIdx.x == 0) {
     for (int a = 0; a < K; ++a)
       for (int b = a; b < K; ++b) {
-        const float v = static_cast<float>(sums[0][pair_column(a, b)]);
+        const GT v = static_cast<GT>(sums[0][pair_column(a, b)]);
         G[a * K + b] = v;
         G[b * K + a] = v;
       }
@@ -102,11 +109,11 @@ __global__ void __launch_bounds__(512) gram_finalize_kernel(const float* __restr
 
 }  // namespace
 
-cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype, float* partials,
+cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype, double* partials,
                                  cudaStream_t stream) {
   if (num_items <= 0) return cudaSuccess;
   // Unused columns (pairs beyond num_sets) must read as zero in the cleanup kernel.
-  cudaError_t err = cudaMemsetAsync(partials, 0, sizeof(float) * kNumPairs * num_items, stream);
+  cudaError_t err = cudaMemsetAsync(partials, 0, sizeof(double) * kNumPairs * num_items, stream);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(num_items)), block(kThreads);
   return dispatch_dtype_and_sets(dtype, num_sets, [&](auto type, auto sets) {
@@ -115,8 +122,12 @@ cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int n
   });
 }
 
-cudaError_t launch_gram_finalize(const float* partials, int64_t num_items, int num_sets, float* G, cudaStream_t stream) {
-  gram_finalize_kernel<<<1, 512, 0, stream>>>(partials, num_items, num_sets, G);
+cudaError_t launch_gram_finalize(const double* partials, int64_t num_items, int num_sets, void* G, bool G_is_f64,
+                                 cudaStream_t stream) {
+  if (G_is_f64)
+    gram_finalize_kernel<double><<<1, 512, 0, stream>>>(partials, num_items, num_sets, static_cast<double*>(G));
+  else
+    gram_finalize_kernel<float><<<1, 512, 0, stream>>>(partials, num_items, num_sets, static_cast<float*>(G));
   return cudaGetLastError();
 }
 

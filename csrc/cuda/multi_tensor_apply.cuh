@@ -6,9 +6,9 @@
 //
 // Functor interface:
 //   static constexpr bool kReadsOut, kWritesOut;   // whether `y` is loaded before / stored after
-//   __device__ void operator()(const float (&x)[K], float& y);
-// x[k] is set k's element as float32 (0 for a set without this gradient); y is out's element as
-// float32 (0 when !kReadsOut). Every element is read before it is written, so out may be one of
+//   template <typename A> __device__ void operator()(const A (&x)[K], A& y);
+// A is the accumulation type (Vec<T>::Acc: float32, float64 for double). x[k] is set k's element
+// (0 for a set without this gradient); y is out's element (0 when !kReadsOut). Every element is read before it is written, so out may be one of
 // the inputs (no __restrict__ on purpose).
 #pragma once
 #include <type_traits>
@@ -28,13 +28,14 @@ __device__ __forceinline__ void for_each_element(const WorkItem& item, Functor& 
     has[k] = (item.present >> k) & 1u;
   }
   T* out = Functor::kWritesOut || Functor::kReadsOut ? static_cast<T*>(item.out) + item.start : nullptr;
+  using A = typename Vec<T>::Acc;
   constexpr int V = Vec<T>::N;
   int64_t scalar_from = 0;
   if (item.aligned) {
     const int64_t nvec = item.len / V;
     int64_t v = threadIdx.x;
     for (; v + (kUnroll - 1) * kThreads < nvec; v += kUnroll * kThreads) {
-      float buf[kUnroll][K][V], y[kUnroll][V];
+      A buf[kUnroll][K][V], y[kUnroll][V];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {  // every load of the unrolled group first: kUnroll vectors in flight
 #pragma unroll
@@ -45,26 +46,26 @@ __device__ __forceinline__ void for_each_element(const WorkItem& item, Functor& 
       for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
         for (int e = 0; e < V; ++e) {
-          float val[K];
+          A val[K];
 #pragma unroll
-          for (int k = 0; k < K; ++k) val[k] = has[k] ? buf[u][k][e] : 0.0f;
-          if (!Functor::kReadsOut) y[u][e] = 0.0f;
+          for (int k = 0; k < K; ++k) val[k] = has[k] ? buf[u][k][e] : A(0);
+          if (!Functor::kReadsOut) y[u][e] = A(0);
           f(val, y[u][e]);
         }
         if (Functor::kWritesOut) Vec<T>::store(out + (v + u * kThreads) * V, y[u]);
       }
     }
     for (; v < nvec; v += kThreads) {
-      float buf[K][V], y[V];
+      A buf[K][V], y[V];
 #pragma unroll
       for (int k = 0; k < K; ++k) Vec<T>::load(x[k] + v * V, buf[k]);
       if (Functor::kReadsOut) Vec<T>::load(out + v * V, y);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        float val[K];
+        A val[K];
 #pragma unroll
-        for (int k = 0; k < K; ++k) val[k] = has[k] ? buf[k][e] : 0.0f;
-        if (!Functor::kReadsOut) y[e] = 0.0f;
+        for (int k = 0; k < K; ++k) val[k] = has[k] ? buf[k][e] : A(0);
+        if (!Functor::kReadsOut) y[e] = A(0);
         f(val, y[e]);
       }
       if (Functor::kWritesOut) Vec<T>::store(out + v * V, y);
@@ -72,10 +73,10 @@ __device__ __forceinline__ void for_each_element(const WorkItem& item, Functor& 
     scalar_from = nvec * V;
   }
   for (int64_t i = scalar_from + threadIdx.x; i < item.len; i += kThreads) {
-    float val[K];
+    A val[K];
 #pragma unroll
-    for (int k = 0; k < K; ++k) val[k] = has[k] ? Vec<T>::to_f(x[k][i]) : 0.0f;
-    float y = Functor::kReadsOut ? Vec<T>::to_f(out[i]) : 0.0f;
+    for (int k = 0; k < K; ++k) val[k] = has[k] ? Vec<T>::to_f(x[k][i]) : A(0);
+    A y = Functor::kReadsOut ? Vec<T>::to_f(out[i]) : A(0);
     f(val, y);
     if (Functor::kWritesOut) out[i] = Vec<T>::from_f(y);
   }
@@ -106,6 +107,7 @@ cudaError_t dispatch_dtype_and_sets(int dtype, int num_sets, Launch&& launch) {
     case kFloat32: return dispatch_sets<float>(num_sets, launch);
     case kBFloat16: return dispatch_sets<__nv_bfloat16>(num_sets, launch);
     case kFloat16: return dispatch_sets<__half>(num_sets, launch);
+    case kFloat64: return dispatch_sets<double>(num_sets, launch);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -22,6 +22,7 @@ int dtype_code(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return kFloat32;
     case at::kBFloat16: return kBFloat16;
+    case at::kDouble: return kFloat64;
     default: return kFloat16;
   }
 }
@@ -42,12 +43,25 @@ struct WorkList {
   int64_t total = 0;
 };
 
-WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out) {
+// A plan's cached work list (gh_kernels.plan, Harmonizer): cache_host is a plain CPU byte tensor
+// holding the items last uploaded, cache_device the device copy. Items equal to the cached ones
+// (same tensors at the same addresses) reuse the device copy: no upload, no allocation, so the
+// call can be captured in a CUDA graph. Otherwise the items are uploaded from a fresh pinned
+// buffer (never from cache_host, which may be rewritten while a copy is in flight) into cache_device.
+struct PlanCache {
+  const at::Tensor* host = nullptr;    // resized and rewritten in place (a mutable argument of the op)
+  const at::Tensor* device = nullptr;
+};
+
+// gram_mask (optional, one byte per parameter): parameters with a zero byte get kNotInGram.
+WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out,
+                        const uint8_t* gram_mask = nullptr, PlanCache cache = {}) {
   int64_t numel = 0;
   for (const auto& fp : params) numel += fp.numel;
   const int64_t chunk = chunk_elements(numel, device);
   std::map<int, std::vector<WorkItem>> by_dtype;
-  for (const auto& fp : params) {
+  for (size_t p = 0; p < params.size(); ++p) {
+    const FlatParam& fp = params[p];
     if (fp.numel == 0) continue;
     const void* sub = nullptr;
     uint32_t present = 0;
@@ -67,7 +81,7 @@ WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const a
     base.out = with_out ? fp.out : nullptr;
     if (with_out) aligned = aligned && reinterpret_cast<uintptr_t>(fp.out) % 16 == 0;
     aligned = aligned && (chunk * elem) % 16 == 0;
-    base.present = present;
+    base.present = present | (gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u);
     base.aligned = aligned ? 1u : 0u;
     auto& items = by_dtype[dtype_code(fp.dtype)];
     for (int64_t s = 0; s < fp.numel; s += chunk) {
@@ -80,17 +94,33 @@ WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const a
   WorkList wl;
   for (auto& kv : by_dtype) wl.total += static_cast<int64_t>(kv.second.size());
   if (wl.total == 0) return wl;
-  at::Tensor host = at::empty({wl.total * static_cast<int64_t>(sizeof(WorkItem))},
-                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  auto* dst = reinterpret_cast<WorkItem*>(host.data_ptr());
+  const int64_t bytes = wl.total * static_cast<int64_t>(sizeof(WorkItem));
+  std::vector<WorkItem> all;
+  all.reserve(wl.total);
   for (auto& kv : by_dtype) {
-    std::memcpy(dst, kv.second.data(), kv.second.size() * sizeof(WorkItem));
-    dst += kv.second.size();
+    all.insert(all.end(), kv.second.begin(), kv.second.end());
     wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
   }
+  if (cache.host != nullptr && cache.device != nullptr && cache.host->numel() == bytes && cache.device->numel() >= bytes &&
+      cache.device->device() == device && std::memcmp(cache.host->data_ptr(), all.data(), bytes) == 0) {
+    wl.device_items = *cache.device;  // the plan's copy is current
+    return wl;
+  }
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), all.data(), bytes);
   // Pinned -> device copy on the current stream: asynchronous, no host synchronization; the
   // caching host allocator keeps `host` alive until the copy has run.
-  wl.device_items = host.to(device, /*non_blocking=*/true);
+  if (cache.host != nullptr && cache.device != nullptr) {
+    TORCH_CHECK(cache.device->device() == device, "gh_kernels: cache_device is on ", cache.device->device(),
+                " but the gradients are on ", device);
+    if (cache.device->numel() < bytes) cache.device->resize_({bytes});
+    cache.device->narrow(0, 0, bytes).copy_(host, /*non_blocking=*/true);
+    cache.host->resize_({bytes});
+    std::memcpy(cache.host->data_ptr(), all.data(), bytes);
+    wl.device_items = *cache.device;
+  } else {
+    wl.device_items = host.to(device, /*non_blocking=*/true);
+  }
   return wl;
 }
 
@@ -102,6 +132,43 @@ at::Device first_device(const c10::List<std::optional<at::Tensor>>& tensors) {
   TORCH_CHECK(false, "gh_kernels: tensors contains no tensor");
 }
 
+const WorkItem* items_of(const WorkList& wl) {
+  return wl.total ? reinterpret_cast<const WorkItem*>(wl.device_items.data_ptr()) : nullptr;
+}
+
+// The Gram pass over a work list into G (K x K, float32 or float64), on the current stream.
+void gram_pass(const WorkList& wl, int64_t K, at::Tensor& G) {
+  if (wl.total == 0) return;  // G stays zero
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor partials = at::empty({wl.total, kNumPairs}, G.options().dtype(at::kDouble));
+  int64_t offset = 0;
+  for (const auto& g : wl.groups) {
+    C10_CUDA_CHECK(launch_gram_partials(items_of(wl) + offset, g.second, static_cast<int>(K), g.first,
+                                        partials.data_ptr<double>() + offset * kNumPairs, stream));
+    offset += g.second;
+  }
+  C10_CUDA_CHECK(launch_gram_finalize(partials.data_ptr<double>(), wl.total, static_cast<int>(K), G.data_ptr(),
+                                      G.scalar_type() == at::kDouble, stream));
+}
+
+// out = sum_k w[k] in_k (+ out) over a work list; zero the outs of parameters no set has (unless accumulating).
+void combine_pass(std::vector<FlatParam>& params, at::TensorList out, const WorkList& wl, int64_t K, const double* w,
+                  bool accumulate) {
+  if (!accumulate)
+    for (size_t p = 0; p < params.size(); ++p) {
+      bool any = false;
+      for (int k = 0; k < K; ++k) any = any || params[p].in[k] != nullptr;
+      if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
+    }
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  int64_t offset = 0;
+  for (const auto& g : wl.groups) {
+    C10_CUDA_CHECK(launch_combine(items_of(wl) + offset, g.second, static_cast<int>(K), g.first, w, accumulate, stream));
+    offset += g.second;
+  }
+  finish_out(params);
+}
+
 }  // namespace
 
 at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
@@ -109,18 +176,8 @@ at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_
   c10::cuda::CUDAGuard guard(device);
   auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CUDA);
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/false);
-  at::Tensor G = at::zeros({num_sets, num_sets}, at::TensorOptions().dtype(at::kFloat).device(device));
-  if (wl.total == 0) return G;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor partials = at::empty({wl.total, kNumPairs}, G.options());
-  const auto* items = reinterpret_cast<const WorkItem*>(wl.device_items.data_ptr());
-  int64_t offset = 0;
-  for (const auto& g : wl.groups) {
-    C10_CUDA_CHECK(launch_gram_partials(items + offset, g.second, static_cast<int>(num_sets), g.first,
-                                        partials.data_ptr<float>() + offset * kNumPairs, stream));
-    offset += g.second;
-  }
-  C10_CUDA_CHECK(launch_gram_finalize(partials.data_ptr<float>(), wl.total, static_cast<int>(num_sets), G.data_ptr<float>(), stream));
+  at::Tensor G = at::zeros({num_sets, num_sets}, at::TensorOptions().dtype(result_dtype(params)).device(device));
+  gram_pass(wl, num_sets, G);
   return G;
 }
 
@@ -132,34 +189,64 @@ void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>
   TORCH_CHECK(weights.device() == device, "gh_kernels: weights is on ", weights.device(), " but out is on ", device);
   TORCH_CHECK(weights.numel() == num_sets, "gh_kernels: weights has ", weights.numel(), " entries, expected num_sets=", num_sets);
   auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CUDA);
-  const at::Tensor w = weights.to(at::kFloat).contiguous();
-  if (!accumulate)  // a parameter no set reaches: out = 0
-    for (size_t p = 0; p < params.size(); ++p) {
-      bool any = false;
-      for (int k = 0; k < num_sets; ++k) any = any || params[p].in[k] != nullptr;
-      if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
-    }
+  check_out_aliasing(out, tensors, num_sets);
+  const at::Tensor w = weights.to(at::kDouble).contiguous();
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto* items = wl.total ? reinterpret_cast<const WorkItem*>(wl.device_items.data_ptr()) : nullptr;
-  int64_t offset = 0;
-  for (const auto& g : wl.groups) {
-    C10_CUDA_CHECK(launch_combine(items + offset, g.second, static_cast<int>(num_sets), g.first, w.data_ptr<float>(),
-                                  accumulate, stream));
-    offset += g.second;
-  }
-  finish_out(params);
+  combine_pass(params, out, wl, num_sets, w.data_ptr<double>(), accumulate);
+  bump_versions(out);
 }
 
 at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa) {
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == 2 && gram.size(1) == 2, "gh_kernels: gram must have shape (2, 2), got ", gram.sizes());
   TORCH_CHECK(kappa >= 0.0 && kappa <= 1.0, "gh_kernels: kappa must be in [0, 1], got ", kappa);
   c10::cuda::CUDAGuard guard(gram.device());
-  const at::Tensor G = gram.to(at::kFloat).contiguous();
+  const bool f64 = gram.scalar_type() == at::kDouble;
+  const at::Tensor G = gram.to(f64 ? at::kDouble : at::kFloat).contiguous();
   at::Tensor w = at::empty({2}, G.options());
-  C10_CUDA_CHECK(launch_weights(G.data_ptr<float>(), w.data_ptr<float>(), method_code(method), static_cast<float>(kappa),
+  C10_CUDA_CHECK(launch_weights(G.data_ptr(), w.data_ptr(), f64, nullptr, method_code(method), kappa, 1.0, 1.0,
                                 at::cuda::getCurrentCUDAStream()));
   return w;
+}
+
+std::tuple<at::Tensor, at::Tensor> harmonize_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors,
+                                                  const std::optional<at::Tensor>& gram_mask, c10::string_view method,
+                                                  double kappa, double scale1, double scale2, bool accumulate,
+                                                  const std::optional<at::Tensor>& cache_host,
+                                                  const std::optional<at::Tensor>& cache_device) {
+  TORCH_CHECK(!out.empty(), "gh_kernels: out is empty");
+  TORCH_CHECK(kappa >= 0.0 && kappa <= 1.0, "gh_kernels: kappa must be in [0, 1], got ", kappa);
+  const int code = method_code(method);
+  const at::Device device = out[0].device();
+  c10::cuda::CUDAGuard guard(device);
+  auto params = prepare_params(tensors, 2, out, /*with_out=*/true, c10::DeviceType::CUDA);
+  check_out_aliasing(out, tensors, 2);
+  at::Tensor mask_bytes;
+  if (gram_mask.has_value() && gram_mask->defined()) {
+    TORCH_CHECK(gram_mask->device().is_cpu() && gram_mask->numel() == static_cast<int64_t>(out.size()),
+                "gh_kernels: gram_mask must be a CPU tensor with one entry per parameter (", out.size(), ")");
+    mask_bytes = gram_mask->to(at::kByte).contiguous();
+  }
+  // One work list for both passes (the Gram pass skips kNotInGram items and reads inputs only).
+  PlanCache cache;
+  if (cache_host.has_value() && cache_device.has_value() && cache_host->defined() && cache_device->defined()) {
+    TORCH_CHECK(cache_host->device().is_cpu() && cache_host->scalar_type() == at::kByte && cache_device->scalar_type() == at::kByte,
+                "gh_kernels: cache_host must be a CPU uint8 tensor and cache_device a uint8 tensor");
+    cache.host = &*cache_host;
+    cache.device = &*cache_device;
+  }
+  WorkList wl = build_worklist(params, 2, device, /*with_out=*/true,
+                               mask_bytes.defined() ? mask_bytes.data_ptr<uint8_t>() : nullptr, cache);
+  const at::ScalarType dtype = result_dtype(params);
+  const auto options = at::TensorOptions().dtype(dtype).device(device);
+  at::Tensor G = at::zeros({2, 2}, options);
+  gram_pass(wl, 2, G);
+  at::Tensor w = at::empty({2}, options);
+  at::Tensor scaled = at::empty({2}, options.dtype(at::kDouble));
+  C10_CUDA_CHECK(launch_weights(G.data_ptr(), w.data_ptr(), dtype == at::kDouble, scaled.data_ptr<double>(), code, kappa,
+                                scale1, scale2, at::cuda::getCurrentCUDAStream()));
+  combine_pass(params, out, wl, 2, scaled.data_ptr<double>(), accumulate);
+  bump_versions(out);
+  return {G, w};
 }
 
 }  // namespace cuda

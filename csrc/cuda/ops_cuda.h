@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 namespace gh {
 namespace cuda {
@@ -12,6 +13,11 @@ at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_
 void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                   const at::Tensor& weights, bool accumulate);
 at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa);
+std::tuple<at::Tensor, at::Tensor> harmonize_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors,
+                                                  const std::optional<at::Tensor>& gram_mask, c10::string_view method,
+                                                  double kappa, double scale1, double scale2, bool accumulate,
+                                                  const std::optional<at::Tensor>& cache_host,
+                                                  const std::optional<at::Tensor>& cache_device);
 
 }  // namespace cuda
 }  // namespace gh

@@ -8,4 +8,5 @@ TORCH_LIBRARY_IMPL(gh_kernels, CUDA, m) {
   m.impl("gram.cuda", &gh::cuda::gram_cuda);
   m.impl("weights.cuda", &gh::cuda::weights_cuda);
   m.impl("combine_.cuda", &gh::cuda::combine_cuda);
+  m.impl("harmonize_.cuda", &gh::cuda::harmonize_cuda);
 }

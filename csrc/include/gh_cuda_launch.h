@@ -11,11 +11,13 @@
 namespace gh {
 namespace cuda {
 
-enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
 
 // One work item: a chunk [start, start + len) of one parameter. A set without a gradient for
 // this parameter points at another set's memory and has its bit in `present` cleared: the
-// kernels use 0 for its values. `aligned`: every pointer + start is 16-byte aligned.
+// kernels use 0 for its values. An item with kNotInGram set in `present` is combined but left
+// out of the Gram matrix (Harmonizer's `shared`). `aligned`: every pointer + start is 16-byte aligned.
+constexpr uint32_t kNotInGram = 1u << 8;
 struct WorkItem {
   const void* in[kMaxSets];
   void* out;
@@ -26,17 +28,21 @@ struct WorkItem {
 };
 static_assert(sizeof(WorkItem) == 64, "WorkItem layout is shared with the host glue");
 
-// Per-item partial sums: partials[item * kNumPairs + pair_column(a, b)], one block per item.
+// Per-item partial sums (float64): partials[item * kNumPairs + pair_column(a, b)], one block per item.
 cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype,
-                                 float* partials, cudaStream_t stream);
-// Fixed-order float64 sum of the partial rows into the symmetric num_sets x num_sets matrix G.
-cudaError_t launch_gram_finalize(const float* partials, int64_t num_items, int num_sets, float* G,
+                                 double* partials, cudaStream_t stream);
+// Fixed-order float64 sum of the partial rows into the symmetric num_sets x num_sets matrix G
+// (float, or double when G_is_f64).
+cudaError_t launch_gram_finalize(const double* partials, int64_t num_items, int num_sets, void* G, bool G_is_f64,
                                  cudaStream_t stream);
-// out = sum_k w[k] * in_k (+ out), weights read from device memory.
-cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const float* weights,
+// out = sum_k w[k] * in_k (+ out), float64 weights read from device memory (used in the
+// accumulation dtype: float32, float64 for float64 gradients).
+cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const double* weights,
                            bool accumulate, cudaStream_t stream);
-// (w1, w2) from the 2x2 Gram matrix G (gh_weights.h), one thread.
-cudaError_t launch_weights(const float* G, float* w, int method, float kappa, cudaStream_t stream);
+// (w1, w2) from the 2x2 Gram matrix G (gh_weights.h), one thread: G and w are float, or double
+// when is_f64. scaled (may be null) gets (w1 * scale1, w2 * scale2) as float64, for launch_combine.
+cudaError_t launch_weights(const void* G, void* w, bool is_f64, double* scaled, int method, double kappa, double scale1,
+                           double scale2, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gh

@@ -7,7 +7,11 @@
 // copied back (documented; gradients are dense in practice).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
 
 #include <optional>
 #include <string>
@@ -33,7 +37,16 @@ struct FlatParam {
   at::Tensor out_temp, out_target;     // out computed into out_temp, then copied into out_target
 };
 
-inline bool is_supported(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
+inline bool is_supported(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
+}
+
+// dtype of the Gram matrix and the weights: float64 when any gradient is float64, else float32.
+inline at::ScalarType result_dtype(const std::vector<FlatParam>& params) {
+  for (const auto& fp : params)
+    if (fp.numel > 0 && fp.dtype == at::kDouble) return at::kDouble;
+  return at::kFloat;
+}
 
 // Validates the op arguments and returns one FlatParam per parameter.
 inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
@@ -45,9 +58,10 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
   const int64_t P = total / num_sets;
   if (with_out) TORCH_CHECK(static_cast<int64_t>(out.size()) == P, "gh_kernels: out has ", out.size(), " tensors, expected ", P);
   std::vector<FlatParam> params(P);
+  std::optional<at::Device> device;
   for (int64_t p = 0; p < P; ++p) {
     FlatParam& fp = params[p];
-    std::vector<at::Tensor> ins(num_sets);
+    at::Tensor ins[kMaxSets];  // undefined: that set has no gradient for this parameter
     const at::Tensor* ref = nullptr;
     for (int64_t k = 0; k < num_sets; ++k) {
       std::optional<at::Tensor> t = tensors.get(k * P + p);
@@ -55,8 +69,13 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
       ins[k] = *t;
       TORCH_CHECK(t->device().type() == device_type, "gh_kernels: tensors[", k * P + p, "] is on ", t->device(),
                   ", expected a ", c10::DeviceTypeName(device_type), " tensor");
+      TORCH_CHECK(t->layout() == at::kStrided, "gh_kernels: tensors[", k * P + p, "] has layout ", t->layout(),
+                  "; gradients must be dense (strided)");
+      if (!device.has_value()) device = t->device();
+      TORCH_CHECK(t->device() == *device, "gh_kernels: tensors[", k * P + p, "] is on ", t->device(), " but another tensor is on ",
+                  *device, ": all gradients must share one device");
       TORCH_CHECK(is_supported(t->scalar_type()), "gh_kernels: tensors[", k * P + p, "] has dtype ", t->scalar_type(),
-                  "; supported: float32, bfloat16, float16");
+                  "; supported: float32, bfloat16, float16, float64");
       if (ref == nullptr) {
         ref = &ins[k];
       } else {
@@ -73,6 +92,9 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
       o = out[p];
       TORCH_CHECK(o.defined(), "gh_kernels: out[", p, "] is undefined");
       TORCH_CHECK(o.device().type() == device_type, "gh_kernels: out[", p, "] is on ", o.device());
+      TORCH_CHECK(o.layout() == at::kStrided, "gh_kernels: out[", p, "] has layout ", o.layout(), "; out must be dense (strided)");
+      if (!device.has_value()) device = o.device();
+      TORCH_CHECK(o.device() == *device, "gh_kernels: out[", p, "] is on ", o.device(), " but the gradients are on ", *device);
       TORCH_CHECK(is_supported(o.scalar_type()), "gh_kernels: out[", p, "] has dtype ", o.scalar_type());
       if (ref != nullptr) {
         TORCH_CHECK(o.sizes() == ref->sizes(), "gh_kernels: out[", p, "] has shape ", o.sizes(), " but the gradients have ", ref->sizes());
@@ -115,6 +137,63 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
     }
   }
   return params;
+}
+
+// [first byte, one past the last byte] of a non-empty tensor (strides are >= 0).
+inline std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size())};
+}
+
+// The out= memory rules of gh_kernels/_memory.py, checked before anything is written: out[p] may
+// be exactly an input of parameter p (same address, shape and strides); any other overlap of an
+// out with an out or an input, or an out whose own elements overlap, is an error naming indices.
+inline void check_out_aliasing(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
+  const int64_t P = static_cast<int64_t>(out.size());
+  std::vector<std::tuple<uintptr_t, uintptr_t, int64_t>> outs;  // (lo, hi, p)
+  outs.reserve(P);
+  for (int64_t p = 0; p < P; ++p) {
+    const at::Tensor& o = out[p];
+    if (!o.defined() || o.numel() == 0) continue;
+    TORCH_CHECK(!o.requires_grad(), "gh_kernels: out[", p, "] requires grad; write into gradient buffers (detached tensors)");
+    TORCH_CHECK(!o.is_inference() || c10::InferenceMode::is_enabled(), "gh_kernels: out[", p,
+                "] is an inference tensor: it cannot be written in place outside torch.inference_mode()");
+    TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "gh_kernels: out[", p,
+                "] has elements that share memory (an expand()-ed or stride-0 tensor)");
+    const auto e = byte_extent(o);
+    outs.emplace_back(e.first, e.second, p);
+  }
+  if (outs.empty()) return;
+  std::sort(outs.begin(), outs.end());
+  for (size_t i = 1; i < outs.size(); ++i)
+    TORCH_CHECK(std::get<0>(outs[i]) >= std::get<1>(outs[i - 1]), "gh_kernels: out[", std::get<2>(outs[i - 1]),
+                "] and out[", std::get<2>(outs[i]), "] overlap in memory");
+  for (int64_t i = 0; i < static_cast<int64_t>(tensors.size()); ++i) {
+    const std::optional<at::Tensor> t = tensors.get(i);
+    if (!t.has_value() || !t->defined() || t->numel() == 0) continue;
+    const int64_t p = i % P;
+    const at::Tensor& own = out[p];
+    const bool same_view = own.defined() && t->data_ptr() == own.data_ptr() && t->sizes() == own.sizes() &&
+                           t->strides() == own.strides();
+    if (same_view) continue;
+    const auto e = byte_extent(*t);
+    // the last out starting before this input ends (outs are disjoint and sorted)
+    auto it = std::lower_bound(outs.begin(), outs.end(), e.second,
+                               [](const std::tuple<uintptr_t, uintptr_t, int64_t>& a, uintptr_t v) { return std::get<0>(a) < v; });
+    if (it == outs.begin()) continue;
+    --it;
+    TORCH_CHECK(std::get<1>(*it) <= e.first, "gh_kernels: out[", std::get<2>(*it), "] overlaps tensors[", i,
+                "] (set ", i / P, ", parameter ", p, ") in memory: out[q] may only be exactly an input of parameter q");
+  }
+}
+
+// Autograd's version counters of the written tensors (what an ADInplaceOrView kernel does), so that
+// a tensor saved for backward and overwritten here makes backward raise.
+inline void bump_versions(at::TensorList out) {
+  for (const auto& o : out)
+    if (o.defined()) o.unsafeGetTensorImpl()->bump_version();
 }
 
 inline void finish_out(std::vector<FlatParam>& params) {

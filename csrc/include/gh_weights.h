@@ -1,47 +1,55 @@
 // Weight rules of docs/METHOD.md for two gradient sets, shared by the CPU and CUDA kernels.
 // Pure C++ (no torch headers) so nvcc can compile it standalone. Must agree with
 // gh_kernels/methods.py (solve_weights_torch); tests compare every backend with it.
+// Real is float (float32, bfloat16 and float16 gradients) or double (float64 gradients).
 #pragma once
-#include <math.h>
+#include <cmath>
 
 #include "gh_constants.h"
 
 namespace gh {
 
-GH_HD inline bool gh_isfinite(float x) { return isfinite(x); }
-
 // (w1, w2) from the Gram entries n1sq = <g1,g1>, c = <g1,g2>, n2sq = <g2,g2>.
-GH_HD inline void solve_weights(float n1sq, float c, float n2sq, int method, float kappa, float* w1, float* w2) {
-  *w1 = 1.0f;
-  *w2 = 1.0f;
+template <typename Real>
+GH_HD inline void solve_weights(Real n1sq, Real c, Real n2sq, int method, Real kappa, Real* w1, Real* w2) {
+  using std::acos;
+  using std::cos;
+  using std::fmax;
+  using std::fmin;
+  using std::isfinite;
+  using std::sin;
+  using std::sqrt;
+  const Real one = Real(1), zero = Real(0);
+  *w1 = one;
+  *w2 = one;
   // No conflict, a zero gradient (then c == 0) or a non-finite entry: plain sum (docs/METHOD.md R2, R9, R10).
-  if (method == kSum || !gh_isfinite(n1sq) || !gh_isfinite(c) || !gh_isfinite(n2sq) || !(c < 0.0f)) return;
-  const float n1s = n1sq > 0.0f ? n1sq : 1.0f;
-  const float n2s = n2sq > 0.0f ? n2sq : 1.0f;
-  const float gh1 = 1.0f - c / n1s, gh2 = 1.0f - c / n2s;
+  if (method == kSum || !isfinite(n1sq) || !isfinite(c) || !isfinite(n2sq) || !(c < zero)) return;
+  const Real n1s = n1sq > zero ? n1sq : one;
+  const Real n2s = n2sq > zero ? n2sq : one;
+  const Real gh1 = one - c / n1s, gh2 = one - c / n2s;
   if (method == kGH) {
     *w1 = gh1;
     *w2 = gh2;
     return;
   }
-  const float n1 = sqrtf(n1s), n2 = sqrtf(n2s);
-  const float cs = fminf(fmaxf(c / (n1 * n2), -1.0f), 1.0f);
-  const float theta = acosf(cs);
-  const float excess = theta - 1.57079632679489662f;  // theta - 90deg
-  const float beta = kappa * excess;
+  const Real n1 = sqrt(n1s), n2 = sqrt(n2s);
+  const Real cs = fmin(fmax(c / (n1 * n2), -one), one);  // docs/METHOD.md R8
+  const Real theta = acos(cs);
+  const Real excess = theta - Real(1.57079632679489662);  // theta - 90deg
+  const Real beta = kappa * excess;
   if (method == kGHPP) {
-    const float gamma = excess - beta;
-    const float s = sqrtf(fmaxf(1.0f - cs * cs, 0.0f));
-    if (s < kGhppMinSin) {  // docs/METHOD.md R5
+    const Real gamma = excess - beta;
+    const Real s = sqrt(fmax(one - cs * cs, zero));
+    if (s < Real(kGhppMinSin)) {  // docs/METHOD.md R5
       *w1 = gh1;
       *w2 = gh2;
       return;
     }
-    *w1 = (cosf(gamma) + (n2 / n1) * sinf(gamma)) / s;
-    *w2 = (cosf(beta) + (n1 / n2) * sinf(beta)) / s;
+    *w1 = (cos(gamma) + (n2 / n1) * sin(gamma)) / s;
+    *w2 = (cos(beta) + (n1 / n2) * sin(beta)) / s;
   } else {  // kGHPPReleased
-    *w1 = 1.0f + 2.0f * sinf(beta / 2.0f);
-    *w2 = 1.0f + 2.0f * sinf((beta - excess) / 2.0f);
+    *w1 = one + Real(2) * sin(beta / Real(2));
+    *w2 = one + Real(2) * sin((beta - excess) / Real(2));
   }
 }
 

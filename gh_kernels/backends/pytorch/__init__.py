@@ -7,7 +7,8 @@ from . import kernels
 
 
 def load(name: str) -> Optional[str]:
-    _ops.register_kernels(name, "CompositeExplicitAutograd", kernels.gram, kernels.weights, kernels.combine_)
+    _ops.register_kernels(name, "CompositeExplicitAutograd", kernels.gram, kernels.weights, kernels.combine_,
+                          kernels.harmonize_)
     return None
 
 

@@ -1,4 +1,5 @@
-"""Pure-torch kernels of the ``"torch"`` backend: every op, on every device, for any number of sets.
+"""Pure-torch kernels of the ``"torch"`` backend: every op, on every device, for any number of sets;
+float32 accumulation (float64 for float64 gradients).
 
 No ``torch.cat`` of gradients and no host synchronization.
 
@@ -24,6 +25,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ...methods import solve_weights_torch
+from ..compose import harmonize_from
 
 BLOCK = 4096
 ROWS_PER_CALL = 256  # rows per vecdot call: a 4 MB product temporary, not one the size of the tensor
@@ -41,27 +43,33 @@ def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
     return v.sum()
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 gradients, float32 for the others."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _split(t: torch.Tensor):
-    """A flat tensor as (rows of BLOCK elements in its own dtype, or None; the rest as float32)."""
+    """A flat tensor as (rows of BLOCK elements in its own dtype, or None; the rest in its accumulation dtype)."""
     n = t.numel()
     full = n - n % BLOCK if n > BLOCK else 0
-    return (t[:full].view(-1, BLOCK) if full else None), t[full:].to(torch.float32)
+    return (t[:full].view(-1, BLOCK) if full else None), t[full:].to(_acc(t.dtype))
 
 
 def _dot_pieces(a, b, scalars: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
-    """Append <a, b> of two split tensors as float32 pieces whose sum is thread-count independent."""
-    if a[0] is not None and len(a[0]) <= ROWS_PER_CALL and a[0].dtype == torch.float32:
+    """Append <a, b> of two split tensors as pieces (float32; float64 for float64 gradients) whose sum is
+    thread-count independent."""
+    if a[0] is not None and len(a[0]) <= ROWS_PER_CALL and a[0].dtype in (torch.float32, torch.float64):
         rows.append(torch.linalg.vecdot(a[0], b[0], dim=1))  # one row per thread, each in a fixed order
     elif a[0] is not None:  # float32 slices of ROWS_PER_CALL rows
-        rows += [torch.linalg.vecdot(a[0][r:r + ROWS_PER_CALL].to(torch.float32),
-                                     b[0][r:r + ROWS_PER_CALL].to(torch.float32), dim=1)
+        acc = _acc(a[0].dtype)
+        rows += [torch.linalg.vecdot(a[0][r:r + ROWS_PER_CALL].to(acc), b[0][r:r + ROWS_PER_CALL].to(acc), dim=1)
                  for r in range(0, len(a[0]), ROWS_PER_CALL)]
     if a[1].numel():
         scalars.append(torch.dot(a[1], b[1]))  # at most BLOCK elements: serial
 
 
 def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
-    """K x K float32 Gram matrix of ``num_sets`` sets laid out set-major in ``tensors``."""
+    """K x K Gram matrix (float32; float64 when a gradient is float64) of ``num_sets`` sets laid out set-major."""
     K = num_sets
     P = len(tensors) // K
     device = next(t.device for t in tensors if t is not None)
@@ -77,9 +85,10 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     sums = []
     for sc, rw in zip(scalars, rows):
         pieces = rw + ([torch.stack(sc)] if sc else [])
-        sums.append(_fixed_order_sum(torch.cat(pieces).double()) if pieces else zero)
-    vals = torch.stack(sums).to(torch.float32)
-    G = torch.zeros(K, K, dtype=torch.float32, device=device)
+        sums.append(_fixed_order_sum(torch.cat([x.double() for x in pieces])) if pieces else zero)
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    vals = torch.stack(sums).to(dtype)
+    G = torch.zeros(K, K, dtype=dtype, device=device)
     iu = torch.triu_indices(K, K, device=device)
     G[iu[0], iu[1]] = vals
     G[iu[1], iu[0]] = vals
@@ -117,27 +126,31 @@ def combine_(
     weights: torch.Tensor,
     accumulate: bool,
 ) -> None:
-    """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32, then written."""
+    """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32 (float64 for float64
+    gradients), then written."""
     K = num_sets
-    w = weights.to(torch.float32)
-    w_k = [w[k] for k in range(K)]
-    groups = {}  # items with the same present sets: a few foreach calls per batch
+    w_by_acc = {acc: [w_k for w_k in weights.to(acc)] for acc in (torch.float32, torch.float64)}
+    groups = {}  # items with the same present sets and accumulation dtype: a few foreach calls per batch
     for o, ins in _chunks(out, tensors, K):
-        groups.setdefault(tuple(k for k in range(K) if ins[k] is not None), []).append((o, ins))
-    for present, items in groups.items():
+        groups.setdefault((tuple(k for k in range(K) if ins[k] is not None), _acc(o.dtype)), []).append((o, ins))
+    for (present, acc), items in groups.items():
+        w_k = w_by_acc[acc]
         for batch in _batches(items):
             outs = [o for o, _ in batch]
             if not present:
                 if not accumulate:
                     torch._foreach_zero_(outs)
                 continue
-            y = torch._foreach_mul([ins[present[0]].to(torch.float32) for _, ins in batch], w_k[present[0]])
+            y = torch._foreach_mul([ins[present[0]].to(acc) for _, ins in batch], w_k[present[0]])
             for k in present[1:]:
-                torch._foreach_addcmul_(y, [ins[k].to(torch.float32) for _, ins in batch], [w_k[k]] * len(batch))
+                torch._foreach_addcmul_(y, [ins[k].to(acc) for _, ins in batch], [w_k[k]] * len(batch))
             if accumulate:
-                torch._foreach_add_(y, [o.to(torch.float32) for o in outs])
+                torch._foreach_add_(y, [o.to(acc) for o in outs])
             torch._foreach_copy_(outs, y)
 
 
 def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
     return solve_weights_torch(G, method, kappa)
+
+
+harmonize_ = harmonize_from(gram, weights, combine_)

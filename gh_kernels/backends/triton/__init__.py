@@ -37,7 +37,8 @@ def load(name: str) -> Optional[str]:
     if importlib.util.find_spec("triton") is None:
         return "the triton package is not installed"
     for key in ("CPU", "CUDA"):
-        _ops.register_kernels(name, key, _Lazy("gram", "gram"), _Lazy("weights", "weights"), _Lazy("combine", "combine_"))
+        _ops.register_kernels(name, key, _Lazy("gram", "gram"), _Lazy("weights", "weights"), _Lazy("combine", "combine_"),
+                              _Lazy("fused", "harmonize_"))
     return None
 
 

@@ -6,7 +6,7 @@ read before they are written, so ``out`` may be one of the inputs.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..._constants import MAX_SETS
 from . import worklist as wl
-from .common import COL_OUT, COL_START, ROW, load_f32, ptr, val, work_item
+from .common import COL_OUT, COL_START, ROW, load_acc, ptr, val, work_item
 from .flat import finish, flat_params
 
 
@@ -29,7 +29,7 @@ def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask
     if K >= 4:
         y += w3 * val(p3, offs, mask, h3, MASKED)
     if ACCUMULATE:
-        y += load_f32(po, offs, mask, MASKED)
+        y += load_acc(po, offs, mask, MASKED)
     if MASKED:
         tl.store(po + offs, y.to(po.dtype.element_ty), mask=mask)
     else:
@@ -63,21 +63,41 @@ def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
                   K, ACCUMULATE, True)
 
 
+class CombineWork(NamedTuple):
+    """Everything the combine launches need, built by Python work over the tensors (see fused.py's cache)."""
+    params: list          # flat views; non-contiguous outs are copied back after the launches
+    launches: list
+    cfg: wl.Config
+    device: torch.device
+    unreached: list       # outs of parameters no set has: zeroed unless accumulating
+
+
+def plan_combine(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> CombineWork:
+    if not 1 <= num_sets <= MAX_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
+    device = out[0].device
+    params = flat_params(tensors, num_sets, out)
+    unreached = [fp.out for fp in params if fp.numel and all(t is None for t in fp.ins)]
+    launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
+    return CombineWork(params, launches, cfg, device, unreached)
+
+
+def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumulate: bool) -> None:
+    w32 = weights.to(device=work.device, dtype=torch.float32).contiguous()
+    w64 = weights.to(device=work.device, dtype=torch.float64).contiguous()  # for float64 gradients
+    if not accumulate and work.unreached:
+        torch._foreach_zero_(work.unreached)
+    cfg = work.cfg
+    for L in work.launches:
+        _combine_kernel[(L.items,)](L.table, L.base, w64 if L.dtype == torch.float64 else w32, K=num_sets,
+                                    BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,
+                                    VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
+    finish(work.params)
+
+
 def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
              weights: torch.Tensor, accumulate: bool) -> None:
     """In-place combine (op ``gh_kernels::combine_``) with the Triton kernel."""
-    if not 1 <= num_sets <= MAX_SETS:
-        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
     if len(out) == 0:
         return
-    device = out[0].device
-    w = weights.to(device=device, dtype=torch.float32).contiguous()
-    params = flat_params(tensors, num_sets, out)
-    for fp in params:  # a parameter no set reaches: out = 0 (or unchanged when accumulating)
-        if fp.numel and all(t is None for t in fp.ins) and not accumulate:
-            fp.out.zero_()
-    launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
-    for L in launches:
-        _combine_kernel[(L.items,)](L.table, L.base, w, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,
-                                    VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
-    finish(params)
+    run_combine(plan_combine(out, tensors, num_sets), weights, num_sets, accumulate)

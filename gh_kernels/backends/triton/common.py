@@ -1,5 +1,6 @@
 """JIT helpers shared by the multi-tensor Triton kernels (gram.py, combine.py): reading one row of
-the work list (worklist.py) and loading elements as float32 with absent sets read as zero."""
+the work list (worklist.py) and loading elements in float32 (float64 for float64 gradients) with
+absent sets read as zero."""
 from __future__ import annotations
 
 import triton
@@ -44,15 +45,30 @@ def work_item(row, base, K: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constex
 
 
 @triton.jit
-def load_f32(ptr, offs, mask, MASKED: tl.constexpr):
+def acc_zeros(base, BLOCK: tl.constexpr):
+    """BLOCK accumulators in the accumulation dtype of base's elements: float64 for float64, else float32."""
+    if base.dtype.element_ty == tl.float64:
+        z = tl.zeros([BLOCK], dtype=tl.float64)
+    else:
+        z = tl.zeros([BLOCK], dtype=tl.float32)
+    return z
+
+
+@triton.jit
+def load_acc(ptr, offs, mask, MASKED: tl.constexpr):
+    """Elements in their accumulation dtype (float64 for float64, else float32)."""
     if MASKED:
         x = tl.load(ptr + offs, mask=mask, other=0.0)
     else:
         x = tl.load(ptr + offs)
-    return x.to(tl.float32)
+    if ptr.dtype.element_ty == tl.float64:
+        y = x.to(tl.float64)
+    else:
+        y = x.to(tl.float32)
+    return y
 
 
 @triton.jit
 def val(ptr, offs, mask, has, MASKED: tl.constexpr):
     # A set without this gradient points at another set's memory; its values count as 0.
-    return tl.where(has, load_f32(ptr, offs, mask, MASKED), 0.0)
+    return tl.where(has, load_acc(ptr, offs, mask, MASKED), 0.0)

@@ -2,6 +2,7 @@
 over a work list of (tensor, chunk) items.
 
 Each program reads its chunk of every set once, accumulates all K(K+1)/2 products in float32
+(float64 for float64 gradients)
 (``BLOCK``-wide accumulators, 16-byte vector loads when every pointer is 16-byte aligned) and
 writes them into its own row of ``partials`` (fixed slots). ``_gram_finalize`` then sums the
 rows in a fixed order in float64: deterministic, no atomics. Partial columns follow
@@ -9,7 +10,7 @@ rows in a fixed order in float64: deterministic, no atomics. Partial columns fol
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -17,8 +18,9 @@ import triton.language as tl
 
 from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
 from . import worklist as wl
-from .common import ROW, val, work_item
+from .common import ROW, acc_zeros, val, work_item
 from .flat import flat_params
+from ..._ops import result_dtype
 
 NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
 SETS = tl.constexpr(MAX_SETS)
@@ -55,7 +57,7 @@ def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * ROW
     length, p0, p1, p2, p3, h0, h1, h2, h3 = work_item(row, base, K, ALIGNED, VEC)
-    z = tl.zeros([BLOCK], dtype=tl.float32)
+    z = acc_zeros(base, BLOCK)
     a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = z, z, z, z, z, z, z, z, z, z
     r = tl.arange(0, BLOCK)
     n_full = length // BLOCK
@@ -68,16 +70,16 @@ def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
         p0, p1, p2, p3, h0, h1, h2, h3, offs, offs < length,
         a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K, True)
     out = partials + (slot_base + pid) * NUM_PAIRS  # columns in pair_column order: (0,0),(0,1),...,(3,3)
-    tl.store(out + 0, tl.sum(a00, axis=0))
-    tl.store(out + 1, tl.sum(a01, axis=0))
-    tl.store(out + 2, tl.sum(a02, axis=0))
-    tl.store(out + 3, tl.sum(a03, axis=0))
-    tl.store(out + 4, tl.sum(a11, axis=0))
-    tl.store(out + 5, tl.sum(a12, axis=0))
-    tl.store(out + 6, tl.sum(a13, axis=0))
-    tl.store(out + 7, tl.sum(a22, axis=0))
-    tl.store(out + 8, tl.sum(a23, axis=0))
-    tl.store(out + 9, tl.sum(a33, axis=0))
+    tl.store(out + 0, tl.sum(a00, axis=0).to(tl.float64))
+    tl.store(out + 1, tl.sum(a01, axis=0).to(tl.float64))
+    tl.store(out + 2, tl.sum(a02, axis=0).to(tl.float64))
+    tl.store(out + 3, tl.sum(a03, axis=0).to(tl.float64))
+    tl.store(out + 4, tl.sum(a11, axis=0).to(tl.float64))
+    tl.store(out + 5, tl.sum(a12, axis=0).to(tl.float64))
+    tl.store(out + 6, tl.sum(a13, axis=0).to(tl.float64))
+    tl.store(out + 7, tl.sum(a22, axis=0).to(tl.float64))
+    tl.store(out + 8, tl.sum(a23, axis=0).to(tl.float64))
+    tl.store(out + 9, tl.sum(a33, axis=0).to(tl.float64))
 
 
 @triton.jit
@@ -90,28 +92,47 @@ def _gram_finalize_kernel(partials, G, items, K: tl.constexpr, RBLOCK: tl.conste
         r = base + rows
         m = (r[:, None] < items) & (cols[None, :] < NUM_PAIRS)
         acc += tl.load(partials + r[:, None] * NUM_PAIRS + cols[None, :], mask=m, other=0.0).to(tl.float64)
-    v = tl.sum(acc, axis=0).to(tl.float32)
+    v = tl.sum(acc, axis=0)  # float64; rounded once, to G's dtype, by the stores
     for a in tl.static_range(K):
         for b in tl.static_range(a, K):
             column = a * SETS - a * (a - 1) // 2 + (b - a)  # _constants.pair_column(a, b)
             entry = tl.sum(tl.where(cols == column, v, 0.0), axis=0)
+            entry = entry.to(G.dtype.element_ty)
             tl.store(G + a * K + b, entry)
             tl.store(G + b * K + a, entry)
 
 
-def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
-    """K x K float32 Gram matrix (op ``gh_kernels::gram``) with the Triton kernels."""
+class GramWork(NamedTuple):
+    """Everything the Gram launches need, built by Python work over the tensors (see fused.py's cache)."""
+    params: list          # flat views (keeps contiguous copies alive until the launches are queued)
+    launches: list
+    items: int
+    cfg: wl.Config
+    device: torch.device
+    dtype: torch.dtype    # of the Gram matrix
+
+
+def plan_gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> GramWork:
     if not 1 <= num_sets <= MAX_SETS:
         raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
     device = next(t.device for t in tensors if t is not None)
     params = flat_params(tensors, num_sets)
     launches, items, cfg = wl.build(params, num_sets, device, with_out=False)
-    partials = torch.empty((max(items, 1), NUM_PAIRS), dtype=torch.float32, device=device)
-    G = torch.zeros((num_sets, num_sets), dtype=torch.float32, device=device)
-    for L in launches:
+    return GramWork(params, launches, items, cfg, device, result_dtype(tensors))
+
+
+def run_gram(work: GramWork, num_sets: int) -> torch.Tensor:
+    partials = torch.empty((max(work.items, 1), NUM_PAIRS), dtype=torch.float64, device=work.device)
+    G = torch.zeros((num_sets, num_sets), dtype=work.dtype, device=work.device)
+    cfg = work.cfg
+    for L in work.launches:
         _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()),
                                           ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=cfg.num_warps)
-    if items:
-        _gram_finalize_kernel[(1,)](partials, G, items, K=num_sets, RBLOCK=64 if device.type == "cuda" else 16, num_warps=4)
-    del params  # contiguous copies (if any) lived until the launches were queued
+    if work.items:
+        _gram_finalize_kernel[(1,)](partials, G, work.items, K=num_sets, RBLOCK=64 if work.device.type == "cuda" else 16, num_warps=4)
     return G
+
+
+def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
+    """K x K Gram matrix (float32; float64 when a gradient is float64) with the Triton kernels."""
+    return run_gram(plan_gram(tensors, num_sets), num_sets)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..._constants import GHPP_MIN_SIN
-from ...methods import check_method
+from ...methods import check_method, solve_weights_torch
 
 _PI = math.pi
 
@@ -74,7 +74,12 @@ def _weights_kernel(G, W, kappa, METHOD: tl.constexpr, MIN_SIN: tl.constexpr):
 
 
 def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
-    """(2,) float32 weights (op ``gh_kernels::weights``) with one Triton program."""
+    """(2,) float32 weights (op ``gh_kernels::weights``) with one Triton program.
+
+    A float64 Gram matrix (float64 gradients) gets float64 weights from the on-device torch solver
+    (``methods.solve_weights_torch``): the arc-cosine here is a float32 polynomial."""
+    if G.dtype == torch.float64:
+        return solve_weights_torch(G, method, kappa)
     code = check_method(method, kappa)
     G = G.to(torch.float32).contiguous()
     W = torch.empty(2, dtype=torch.float32, device=G.device)

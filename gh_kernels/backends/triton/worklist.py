@@ -13,7 +13,7 @@ always give the same work split and, with fixed-slot partials, bitwise-identical
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
