@@ -16,8 +16,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}
-ELEM = {"float32": 4, "bfloat16": 2, "float16": 2}
+PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
+ELEM = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 def compile_kernel(fn, signature, constexprs, aligned_args=()):
@@ -27,7 +27,9 @@ def compile_kernel(fn, signature, constexprs, aligned_args=()):
 
 
 def count(k, what):
-    return sum(1 for line in k.asm["ptx"].splitlines() if what in line)
+    """16-byte vector accesses: v4 of 32-bit words, or v2 of 64-bit ones (float64)."""
+    kinds = [what] + ([what.replace(".v4", ".v2") + suffix for suffix in (".f64", ".b64", ".u64")] if ".v4" in what else [])
+    return sum(1 for line in k.asm["ptx"].splitlines() if any(kind in line for kind in kinds))
 
 
 def main():
@@ -35,7 +37,7 @@ def main():
     for dtype in PTR:
         for K in (1, 2, 3, 4):
             for aligned in (True, False):
-                sig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp32", "slot_base": "i64", "K": "constexpr",
+                sig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp64", "slot_base": "i64", "K": "constexpr",
                        "BLOCK": "constexpr", "ALIGNED": "constexpr", "VEC": "constexpr"}
                 k = compile_kernel(triton_gram._gram_partials_kernel, sig,
                                    {"K": K, "BLOCK": 1024, "ALIGNED": aligned, "VEC": 16 // ELEM[dtype]}, (0, 1, 2))
@@ -44,7 +46,7 @@ def main():
                 if aligned and v < K:
                     failures.append(f"gram {dtype} K={K}: no 16-byte loads")
         for acc in (False, True):
-            sig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp32", "K": "constexpr", "BLOCK": "constexpr",
+            sig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32", "K": "constexpr", "BLOCK": "constexpr",
                    "ALIGNED": "constexpr", "VEC": "constexpr", "ACCUMULATE": "constexpr"}
             k = compile_kernel(triton_combine._combine_kernel, sig,
                                {"K": 2, "BLOCK": 1024, "ALIGNED": True, "VEC": 16 // ELEM[dtype], "ACCUMULATE": acc}, (0, 1, 2))
@@ -52,8 +54,9 @@ def main():
             print(f"combine       {dtype:8s} K=2 accumulate={acc!s:5s}: {lv} 16-byte loads, {sv} 16-byte stores")
             if lv < 2 or sv < 1:
                 failures.append(f"combine {dtype} accumulate={acc}: no 16-byte vectors")
-    compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp32", "G": "*fp32", "items": "i64",
-                                                       "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 2, "RBLOCK": 64})
+    for g in ("*fp32", "*fp64"):
+        compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp64", "G": g, "items": "i64",
+                                                           "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 2, "RBLOCK": 64})
     for method in range(4):
         compile_kernel(triton_weights._weights_kernel, {"G": "*fp32", "W": "*fp32", "kappa": "fp32",
                                                         "METHOD": "constexpr", "MIN_SIN": "constexpr"},
