@@ -15,6 +15,8 @@ from torch import nn
 import gh_kernels
 from gh_kernels.reference import released_recipe_backward
 
+from . import timing
+
 
 GradReverse = gh_kernels.layers.GradReverse  # the gradient-reversal layer
 
@@ -139,35 +141,41 @@ def _sync(device):
 
 
 def time_steps(config, device, steps=5, warmup=2) -> List[dict]:
+    """Every step variant on one model, timed interleaved (plain, released, Harmonizer, ... per round), so a
+    loaded machine slows them alike; speed-ups are medians of per-round ratios."""
     model, batch = make(config, device)
-    rows = []
+    calls = {}
     for name, (fn, method) in STEPS.items():
         kwargs = {"method": method or "gh"}
         if fn is step_harmonizer:
             kwargs["harmonizer"] = gh_kernels.Harmonizer(model.parameters(), shared=model.shared_parameters(), method=method)
-        for _ in range(warmup):
-            fn(model, batch, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(steps):
+        calls[name] = (lambda fn=fn, kwargs=kwargs: fn(model, batch, **kwargs))
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    samples = {name: [] for name in calls}
+    for _ in range(steps):
+        for name, call in calls.items():
             _sync(device)
             t0 = time.perf_counter()
-            fn(model, batch, **kwargs)
+            call()
             _sync(device)
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        row = {"config": config, "step": name, "median_ms": times[len(times) // 2] * 1e3, "min_ms": times[0] * 1e3,
-               "params": sum(p.numel() for p in model.parameters()),
+            samples[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, s in samples.items():
+        t = timing.stats(s)
+        row = {"config": config, "step": name, "median_ms": t["median_ms"], "min_ms": min(s) * 1e3, "spread": t["spread"],
+               "noisy": t["noisy"], "params": sum(p.numel() for p in model.parameters()),
                "shared": sum(p.numel() for p in model.shared_parameters())}
+        if name != "plain_dann":
+            ref = "released_gh++" if name.endswith("gh++") else "released_gh"
+            row["speedup_vs_released"] = timing.paired_speedup(samples[ref], s)
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         rows.append(row)
-    by = {r["step"]: r["median_ms"] for r in rows}
-    for r in rows:
-        ref = "released_gh++" if r["step"].endswith("gh++") else "released_gh"
-        r["speedup_vs_released"] = by[ref] / r["median_ms"] if r["step"] != "plain_dann" else None
     return rows
 
 

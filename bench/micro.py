@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 
-from . import registry, shapes
+from . import registry, shapes, timing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -125,33 +125,38 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
             dtype = DTYPES[dname]
             g1, g2, out = make_lists(shp, dtype, device)
             elem = torch.finfo(dtype).bits // 8
-            case_rows = []
+            fns, kept = {}, {}
             for name, impl in impls.items():
-                fn = impl.fn
                 if name == "torch_compile" and not compile_wanted(case, n, dname, device):
                     continue
                 if name == "pcgrad_style" and n > PCGRAD_MAX_N:
                     continue
-                call = (lambda fn=fn: fn(g1, g2, out))
+                fns[name] = (lambda fn=impl.fn: fn(g1, g2, out))
+                kept[name] = impl
+            samples = {}
+            for name in list(fns):  # one call first: an implementation that fails is reported, not timed
                 try:
-                    t = time_it(call, device, min_time)
+                    fns[name]()
                 except Exception as e:  # report, do not hide
                     log(f"  {case} {dname} {name}: failed: {type(e).__name__}: {e}")
-                    continue
+                    del fns[name]
+            samples = timing.interleaved(fns, device, min_time)
+            case_rows = []
+            for name, s_ in samples.items():
+                t = timing.stats(s_)
                 row = {"case": case, "n": n, "tensors": len(shp), "dtype": dname, "impl": name, **t,
-                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{impl.bytes_per_element}N"}
+                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{kept[name].bytes_per_element}N"}
+                for base in registry.BASELINE_COLUMNS:  # paired: round-by-round ratios, robust to load
+                    if base in samples:
+                        row[f"speedup_vs_{base}"] = timing.paired_speedup(samples[base], s_)
                 if memory and memory_wanted(case, n, dname, device):
                     if device.type == "cuda":
-                        row["extra_mem_mb"] = gpu_extra_memory(call, device)
+                        row["extra_mem_mb"] = gpu_extra_memory(fns[name], device)
                     elif name != "torch_compile":
                         row["extra_mem_mb"] = cpu_extra_memory(case, n_req, dname, name)
                 case_rows.append(row)
-                log(f"  {case:10s} N={n:>11,d} {dname:8s} {name:22s} {t['median_ms']:9.3f} ms  {row['gbps_5n']:7.1f} GB/s")
-            by = {r["impl"]: r["median_ms"] for r in case_rows}
-            for r in case_rows:
-                for base in registry.BASELINE_COLUMNS:
-                    if base in by:
-                        r[f"speedup_vs_{base}"] = by[base] / r["median_ms"]
+                flag = "  (noisy)" if t["noisy"] else ""
+                log(f"  {case:10s} N={n:>11,d} {dname:8s} {name:28s} {t['median_ms']:9.3f} ms  {row['gbps_5n']:7.1f} GB/s{flag}")
             rows += case_rows
             del g1, g2, out
             if device.type == "cuda":

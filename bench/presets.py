@@ -24,7 +24,7 @@ def preset(name: str, gpu: bool, max_n: Optional[float] = None, compile_ok: bool
         return Preset([("sweep", 100_000)], ["float32"], 0.05, False, False, ["resnet50_small"], 1, 1, 1_000_000, 5)
     if name == "quick":
         return Preset([("sweep", 100_000), ("sweep", 1_000_000), ("resnet50", 0)], ["float32"], 0.2, False, False,
-                      ["resnet50_small"], 2, 1, 10_000_000, 30)
+                      ["resnet50_small"], 5, 1, 10_000_000, 30)
     limit = int(max_n or (1e9 if gpu else 1e8))
     sweep = [n for n in (100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000) if n <= limit]
     cases = [("sweep", n) for n in sweep] + [("resnet50", 0), ("vit_b16", 0), ("llm", 0), ("many_tiny", 0)]

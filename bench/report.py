@@ -22,24 +22,43 @@ def fmt(x, spec=".2f"):
     return "" if x is None or x == "" else (format(x, spec) if isinstance(x, float) else str(x))
 
 
+def _speedup(r, rows_by_impl, base):
+    """The paired speed-up, or "noisy" when this row's or the baseline's samples spread too widely to trust it."""
+    value = r.get(f"speedup_vs_{base}")
+    if value is None or value == "":
+        return ""
+    other = rows_by_impl.get(base)
+    return "noisy" if r.get("noisy") or (other is not None and other.get("noisy")) else fmt(value)
+
+
 def micro_table(rows, copy_gbps) -> str:
-    """One row per (list, dtype, implementation); one "x <baseline>" column per registry baseline."""
+    """One row per (list, dtype, implementation); one "x <baseline>" column per registry baseline (paired
+    per-round ratios; "noisy" where the samples spread more than bench/timing.py's NOISY_SPREAD)."""
     titles = list(BASELINE_COLUMNS.values())
-    lines = ["| list | N | tensors | dtype | implementation | median ms | q20-q80 ms | GB/s (5N) | % copy BW | bytes moved | "
+    lines = ["| list | N | tensors | dtype | implementation | median ms | q20-q80 ms | spread | GB/s (5N) | % copy BW | bytes moved | "
              + " | ".join(titles) + " | extra MB |",
-             "|---|---:|---:|---|---|---:|---|---:|---:|---|" + "---:|" * len(titles) + "---:|"]
+             "|---|---:|---:|---|---|---:|---|---:|---:|---:|---|" + "---:|" * len(titles) + "---:|"]
+    groups = {}
     for r in rows:
-        speedups = " | ".join(fmt(r.get(f"speedup_vs_{name}")) for name in BASELINE_COLUMNS)
+        groups.setdefault((r["case"], r["n"], r["dtype"]), {})[r["impl"]] = r
+    for r in rows:
+        by_impl = groups[(r["case"], r["n"], r["dtype"])]
+        speedups = " | ".join(_speedup(r, by_impl, name) for name in BASELINE_COLUMNS)
         lines.append(f"| {r['case']} | {r['n']:,} | {r['tensors']} | {r['dtype']} | {r['impl']} | {r['median_ms']:.3f} | "
-                     f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f} | {r['gbps_5n']:.1f} | {100 * r['gbps_5n'] / copy_gbps:.0f}% | {r['bytes_model']} | "
+                     f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f} | {100 * r.get('spread', 0):.0f}% | {r['gbps_5n']:.1f} | {100 * r['gbps_5n'] / copy_gbps:.0f}% | {r['bytes_model']} | "
                      f"{speedups} | {fmt(r.get('extra_mem_mb'), '.1f')} |")
     return "\n".join(lines)
 
 
 def e2e_table(rows) -> str:
-    lines = ["| backbone | step | median ms | min ms | x released | peak MB |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| backbone | step | median ms | min ms | spread | x released (paired) | peak MB |", "|---|---|---:|---:|---:|---:|---:|"]
+    by = {(r["config"], r["step"]): r for r in rows}
     for r in rows:
-        lines.append(f"| {r['config']} | {r['step']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {fmt(r.get('speedup_vs_released'))} | {fmt(r.get('peak_mem_mb'), '.0f')} |")
+        ref = by.get((r["config"], "released_gh++" if r["step"].endswith("gh++") else "released_gh"), {})
+        x = r.get("speedup_vs_released")
+        x = "" if x is None else ("noisy" if r.get("noisy") or ref.get("noisy") else fmt(x))
+        lines.append(f"| {r['config']} | {r['step']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {100 * r.get('spread', 0):.0f}% | "
+                     f"{x} | {fmt(r.get('peak_mem_mb'), '.0f')} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import torch
 
 import gh_kernels
 
-from . import e2e, hostcost, micro, presets, report
+from . import e2e, hostcost, micro, presets, report, timing
 
 
 def device_name(device: torch.device) -> str:
@@ -51,6 +51,7 @@ def main(argv=None):
     cases, dtypes, min_time, with_compile, memory = p.cases, p.dtypes, p.min_time, p.with_compile, p.memory
     e2e_configs = args.e2e_configs.split(",") if args.e2e_configs else p.e2e_configs
 
+    load_before = timing.machine_load()
     print(f"gh_kernels {gh_kernels.__version__} | torch {torch.__version__} | device {device_name(device)} | "
           f"backends {gh_kernels.available_backends()} | threads {torch.get_num_threads()} | out {outdir}")
     copy_gbps = micro.copy_bandwidth(device, p.copy_n, min_time)
@@ -79,14 +80,20 @@ def main(argv=None):
                 match[(cfg, method)] = e2e.grads_match(cfg, device, method)
         report.write_csv(os.path.join(outdir, "e2e.csv"), e2e_rows)
 
+    load_after = timing.machine_load()
+    noisy = sum(1 for r in micro_rows + e2e_rows if r.get("noisy"))
     summary = [f"# gh_kernels benchmark: {device_name(device)}, {date}", "",
+               timing.load_note(load_before, load_after) + f" Rows flagged noisy (samples spread over "
+               f"{100 * timing.NOISY_SPREAD:.0f}% of the median; their speed-ups are not printed): {noisy} of "
+               f"{len(micro_rows) + len(e2e_rows)}.", "",
                f"gh_kernels {gh_kernels.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
                f"threads {torch.get_num_threads()}, backends {gh_kernels.available_backends()}.", "",
                f"Copy bandwidth measured in this run (large `copy_`, bytes read + written): **{copy_gbps:.1f} GB/s**.", "",
                "## harmonize alone", "",
                "GB/s = 5N x bytes per element / median time for every row (the fused path's traffic); "
                "`bytes moved` is what each implementation really moves (bench/registry.py). "
-               "`x name` = that implementation's time / this row's time. Extra MB: "
+               "Implementations of a row are timed interleaved; `x name` = the median over rounds of that "
+               "implementation's time / this row's time (paired samples). Extra MB: "
                + ("torch.cuda.max_memory_allocated delta of one call." if gpu else
                   "peak-RSS delta of one call after a warm-up call, in a fresh process, outputs already written once "
                   "(measured for the model lists and N=1e7 in float32)."), "",

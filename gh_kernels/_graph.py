@@ -34,3 +34,19 @@ def reached_parameters(loss: torch.Tensor) -> Dict[int, torch.nn.Parameter]:
             found[id(leaf)] = leaf
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
     return found
+
+
+def from_compiled_graph(loss: torch.Tensor) -> bool:
+    """Whether ``loss``'s graph holds a ``torch.compile``d (AOTAutograd) region. Its backward gives every
+    parameter of the region a gradient, zeros included, so "the parameters this loss reaches" can no
+    longer be read from which gradients are ``None``."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if "CompiledFunction" in type(fn).__name__:
+            return True
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return False

@@ -54,6 +54,11 @@ def check_sync(sync: Optional[str]) -> None:
 def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch.Tensor],
                 shared_index: Optional[List[int]]) -> None:
     """Parameters the losses reach must be in ``params``; warn when ``shared`` holds loss-1-only ones."""
+    if shared_index is None and _graph.from_compiled_graph(loss2):
+        raise ValueError(
+            "loss2 comes from a torch.compile'd model: its backward gives every parameter of the compiled region a "
+            "gradient (zeros included), so the default shared (the parameters loss2 reaches) would take in the "
+            "discriminator and turn harmonization off. Pass shared= explicitly (e.g. the feature extractor and classifier)")
     reached = [_graph.reached_parameters(loss1), _graph.reached_parameters(loss2)]
     position = {id(p): i for i, p in enumerate(params)}
     for k, found in enumerate(reached):
@@ -71,3 +76,18 @@ def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch
                 "(a domain discriminator?): their gradient enlarges |g1| alone and pushes the angle toward 90 degrees, "
                 "which weakens harmonization. The released recipe computes the Gram matrix over the feature extractor "
                 "and classifier only; leave shared=None to use the parameters loss2 reaches.", stacklevel=3)
+
+
+_DDP_REDUCER_ERRORS = ("mark a variable ready only once", "expect_autograd_hooks_", "reducer.cpp")
+
+
+def explain_ddp_reducer_error(error: RuntimeError) -> None:
+    """DistributedDataParallel's reducer expects one backward pass per forward; the Harmonizer runs two.
+    Raise an error that says what to do instead of the reducer's own (which blames shared parameters)."""
+    if any(pattern in str(error) for pattern in _DDP_REDUCER_ERRORS):
+        raise RuntimeError(
+            "Harmonizer.backward runs two backward passes, and DistributedDataParallel's reducer allows one per "
+            "forward (it all-reduces inside backward). Run the forward and Harmonizer.backward inside "
+            "model.no_sync() with Harmonizer(..., sync='global'), which all-reduces both gradients itself. "
+            "DDP(static_graph=True) cannot be combined with the Harmonizer: its reducer requires its hooks in "
+            "every backward pass, also under no_sync()") from error

@@ -132,7 +132,11 @@ class Harmonizer:
     def _backward_pass(self, loss, retain_graph) -> List[Optional[torch.Tensor]]:
         for p in self.params:
             p.grad = None
-        loss.backward(retain_graph=retain_graph)
+        try:
+            loss.backward(retain_graph=retain_graph)
+        except RuntimeError as e:
+            checks.explain_ddp_reducer_error(e)
+            raise
         return [p.grad for p in self.params]
 
     def _gram(self, g1, g2, device) -> torch.Tensor:

@@ -12,6 +12,7 @@ union of the batches. The script checks that the replicas stay identical.
 """
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,9 @@ def main():
     ap.add_argument("--sync", default="global", choices=["global", "local"])
     args = ap.parse_args()
 
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        sys.exit("ddp_example.py runs one process per rank and reads RANK, WORLD_SIZE and MASTER_ADDR from the "
+                 "environment: launch it with torchrun, e.g.\n  torchrun --nproc_per_node=2 python/ddp_example.py")
     cuda = args.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -25,8 +25,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   "$PY" -m pip install --quiet "${pkgs[@]}"
 fi
-"$PY" -m pip install --quiet setuptools wheel
-MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation -e .
+# The editable install: skipped when this checkout is already the installed gh_kernels (a re-run
+# then costs seconds, not the ~35 s of pip resolving and rebuilding the package metadata).
+installed=$(cd /tmp && "$PY" -c "import os, gh_kernels; print(os.path.dirname(os.path.dirname(os.path.abspath(gh_kernels.__file__))))" 2>/dev/null || true)
+if [ "$installed" != "$(pwd -P)" ]; then
+  "$PY" -m pip install --quiet setuptools wheel
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation -e .
+fi
 # Editable installs do not always compile extensions (it depends on the setuptools version), so
 # build gh_kernels/_C in place explicitly (ninja: incremental, seconds when nothing changed).
 if [ "${GH_KERNELS_BUILD_EXT:-auto}" != "0" ]; then
