@@ -118,9 +118,13 @@ def worker(rank, world, init_file):
     dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    init_file = sys.argv[1]
-    for path in [init_file] + [f"{init_file}.rank{r}" for r in range(2)]:
+def launch(worker_fn, init_file: str, world: int = 2) -> None:
+    """Spawn ``world`` ranks of ``worker_fn(rank, world, init_file)`` after removing old rendezvous/result files."""
+    for path in [init_file] + [f"{init_file}.rank{r}" for r in range(world)]:
         if os.path.exists(path):
             os.remove(path)
-    mp.spawn(worker, args=(2, init_file), nprocs=2, join=True)
+    mp.spawn(worker_fn, args=(world, init_file), nprocs=world, join=True)
+
+
+if __name__ == "__main__":
+    launch(worker, sys.argv[1])

@@ -10,11 +10,10 @@ import traceback
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gh_kernels  # noqa: E402
-from dist_worker import batch, close, fresh, half, reference  # noqa: E402
+from dist_worker import batch, close, fresh, half, launch, reference  # noqa: E402
 
 
 def worker(rank, world, init_file):
@@ -92,8 +91,4 @@ def worker(rank, world, init_file):
 
 
 if __name__ == "__main__":
-    init_file = sys.argv[1]
-    for path in [init_file] + [f"{init_file}.rank{r}" for r in range(2)]:
-        if os.path.exists(path):
-            os.remove(path)
-    mp.spawn(worker, args=(2, init_file), nprocs=2, join=True)
+    launch(worker, sys.argv[1])

@@ -123,3 +123,27 @@ def weight_tolerance(G, method: str, w_ref) -> float:
         return scale + d_theta
     ratio = (n1sq / n2sq) ** 0.5
     return scale + d_theta * (1 + ratio + 1 / ratio) * (1 / sin + 1 / sin ** 2)
+
+
+def run_two_rank_worker(script: str, init) -> dict:
+    """Run a tests/ worker script that spawns 2 gloo ranks writing ``RESULT <rank> <name> <verdict>`` lines to
+    ``<init>.rank<r>``; return ``{(rank, name): verdict}`` (fails the test when nothing was reported)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, worker, str(init)], capture_output=True, text=True, timeout=300, env=env)
+    out = {}
+    for rank in range(2):
+        path = f"{init}.rank{rank}"
+        if os.path.exists(path):
+            for line in open(path):
+                if line.startswith("RESULT "):
+                    _, r, name, verdict = line.rstrip("\n").split(" ", 3)
+                    out[(int(r), name)] = verdict
+    if not out:
+        pytest.fail(f"{script} reported nothing (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return out

@@ -1,10 +1,8 @@
 """Harmonizer(sync=...) with 2 processes (gloo, CPU), spawned by tests/dist_worker.py, bounded in time."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch.distributed as dist
+
+from helpers import run_two_rank_worker
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 
@@ -13,21 +11,7 @@ SCENARIOS = ["global-gh", "global-gh++", "local-gh", "local-gh++", "sharded-gh",
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    init = tmp_path_factory.mktemp("dist") / "init"
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, worker, str(init)], capture_output=True, text=True, timeout=300, env=env)
-    lines = []
-    for rank in range(2):
-        path = f"{init}.rank{rank}"
-        if os.path.exists(path):
-            lines += [line.rstrip("\n").split(" ", 3) for line in open(path) if line.startswith("RESULT ")]
-    out = {}
-    for _, rank, name, verdict in lines:
-        out[(int(rank), name)] = verdict
-    if not out:
-        pytest.fail(f"the distributed worker reported nothing (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return out
+    return run_two_rank_worker("dist_worker.py", tmp_path_factory.mktemp("dist") / "init")
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
