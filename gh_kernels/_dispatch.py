@@ -55,13 +55,19 @@ def new_outs(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:
 def harmonize(sets: Sequence[List[TensorOrNone]], device: torch.device, out: Optional[List[torch.Tensor]], method: str,
               kappa: float, backend: Optional[str]) -> Tuple[List[TensorOrNone], torch.Tensor, torch.Tensor]:
     """Gram, weights and combine of two validated sets in one call of the fused op: (out, G, w)."""
-    name = backends.resolve(backend, device, 2)
+    op = backends.kernel(backends.resolve(backend, device, 2), "harmonize_")
+    return run_harmonize(op, sets, out, method, kappa)
+
+
+def run_harmonize(op, sets, out, method, kappa, cache_host=None, cache_device=None):
+    """Call a ``harmonize_`` overload on two sets; ``out=None`` gets new tensors, and parameters no set has
+    (holes in the new outs) are left out of the call. Returns (out, G, w)."""
     out = new_outs(sets) if out is None else out
     idx = [p for p, o in enumerate(out) if o is not None]
     g1, g2 = sets
-    if len(idx) < len(out):  # only new outs leave holes: parameters no set has
-        G, w = backends.kernel(name, "harmonize_")([out[p] for p in idx], [g1[p] for p in idx] + [g2[p] for p in idx],
-                                                  None, method, float(kappa), 1.0, 1.0, False)
+    if len(idx) < len(out):
+        G, w = op([out[p] for p in idx], [g1[p] for p in idx] + [g2[p] for p in idx], None, method, float(kappa),
+                  1.0, 1.0, False, cache_host, cache_device)
     else:
-        G, w = backends.kernel(name, "harmonize_")(out, list(g1) + list(g2), None, method, float(kappa), 1.0, 1.0, False)
+        G, w = op(out, list(g1) + list(g2), None, method, float(kappa), 1.0, 1.0, False, cache_host, cache_device)
     return out, G, w

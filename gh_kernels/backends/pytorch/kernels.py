@@ -129,11 +129,13 @@ def combine_(
     """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32 (float64 for float64
     gradients), then written."""
     K = num_sets
-    w_by_acc = {acc: [w_k for w_k in weights.to(acc)] for acc in (torch.float32, torch.float64)}
+    w_by_acc = {}  # accumulation dtype -> the weights in it, converted once and only when a group needs it
     groups = {}  # items with the same present sets and accumulation dtype: a few foreach calls per batch
     for o, ins in _chunks(out, tensors, K):
         groups.setdefault((tuple(k for k in range(K) if ins[k] is not None), _acc(o.dtype)), []).append((o, ins))
     for (present, acc), items in groups.items():
+        if acc not in w_by_acc:
+            w_by_acc[acc] = list(weights.to(acc))
         w_k = w_by_acc[acc]
         for batch in _batches(items):
             outs = [o for o, _ in batch]

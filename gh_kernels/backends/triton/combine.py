@@ -83,13 +83,18 @@ def plan_combine(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.T
 
 
 def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumulate: bool) -> None:
-    w32 = weights.to(device=work.device, dtype=torch.float32).contiguous()
-    w64 = weights.to(device=work.device, dtype=torch.float64).contiguous()  # for float64 gradients
+    w = {}  # launch dtype's weight dtype -> the weights in it (float64 for float64 gradients), converted once
+
+    def weights_for(dtype):
+        wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if wdtype not in w:
+            w[wdtype] = weights.to(device=work.device, dtype=wdtype).contiguous()
+        return w[wdtype]
     if not accumulate and work.unreached:
         torch._foreach_zero_(work.unreached)
     cfg = work.cfg
     for L in work.launches:
-        _combine_kernel[(L.items,)](L.table, L.base, w64 if L.dtype == torch.float64 else w32, K=num_sets,
+        _combine_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets,
                                     BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,
                                     VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
     finish(work.params)

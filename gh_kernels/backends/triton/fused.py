@@ -12,9 +12,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 
-import torch
-
-from ..._ops import result_dtype
+from ..compose import scaled, select_for_gram, zero_gram
 from .combine import plan_combine, run_combine
 from .gram import plan_gram, run_gram
 from .weights import weights
@@ -52,13 +50,8 @@ def _signature(out, tensors, gram_mask):
 
 
 def _plan(out, tensors, gram_mask):
-    P = len(out)
-    selected = tensors
-    if gram_mask is not None:
-        keep = gram_mask.tolist()  # a CPU tensor: no device synchronization
-        selected = [t if keep[i % P] else None for i, t in enumerate(tensors)]
-    present = any(t is not None and t.numel() for t in selected)
-    return (plan_gram(selected, 2) if present else None), plan_combine(out, tensors, 2)
+    selected = select_for_gram(out, tensors, gram_mask)
+    return (plan_gram(selected, 2) if selected is not None else None), plan_combine(out, tensors, 2)
 
 
 def harmonize_(out, tensors, gram_mask, method, kappa, scale1, scale2, accumulate, cache_host=None, cache_device=None):
@@ -74,11 +67,7 @@ def harmonize_(out, tensors, gram_mask, method, kappa, scale1, scale2, accumulat
             position = {id(t): i for i, t in reversed(list(enumerate(ts))) if t is not None}
             _cache[key] = (weakref.ref(cache_host, lambda _, key=key: _cache.pop(key, None)), sig,
                            _detach(gram_work, position), _detach(combine_work, position))
-    if gram_work is not None:
-        G = run_gram(gram_work, 2)
-    else:
-        G = torch.zeros((2, 2), dtype=result_dtype(tensors), device=out[0].device)
+    G = run_gram(gram_work, 2) if gram_work is not None else zero_gram(out, tensors)
     w = weights(G, method, kappa)
-    scaled = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
-    run_combine(combine_work, scaled, 2, accumulate)
+    run_combine(combine_work, scaled(w, scale1, scale2), 2, accumulate)
     return G, w
