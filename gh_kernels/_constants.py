@@ -8,14 +8,14 @@ kernels read them from here (as ``tl.constexpr`` globals).
 from __future__ import annotations
 
 #: The fused kernels handle up to this many gradient sets; more sets use the "torch" backend.
-MAX_SETS = 4
+MAX_SETS = 8
 
 #: Partial sums of the Gram pass: one column per pair (a, b), a <= b, of the MAX_SETS sets.
 NUM_PAIRS = MAX_SETS * (MAX_SETS + 1) // 2
 
 
 def pair_column(a: int, b: int) -> int:
-    """Column of pair (a, b), a <= b: row-major upper triangle, (0,0),(0,1),...,(0,3),(1,1),...,(3,3)."""
+    """Column of pair (a, b), a <= b: row-major upper triangle, (0,0),(0,1),...,(0,7),(1,1),...,(7,7)."""
     return a * MAX_SETS - a * (a - 1) // 2 + (b - a)
 
 

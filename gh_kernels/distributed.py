@@ -91,32 +91,31 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor], group=None, bucket_bytes: 
         flush(b)
 
 
-def present_anywhere(g1: Sequence[Optional[torch.Tensor]], g2: Sequence[Optional[torch.Tensor]], device, group=None) -> List[List[bool]]:
+def present_anywhere(sets: Sequence[Sequence[Optional[torch.Tensor]]], device, group=None) -> List[List[bool]]:
     """For every parameter and set: does any rank have a gradient? (one small all-reduce).
 
     The answer decides on the host which missing gradients become zeros, so with NCCL this is
     one device-to-host synchronization per step (P bytes) in the "global" and "local" modes.
     """
     dist = _dist()
-    flags = torch.tensor([[a is not None, b is not None] for a, b in zip(g1, g2)], dtype=torch.uint8).reshape(-1, 2)
+    flags = torch.tensor([[t is not None for t in row] for row in zip(*sets)], dtype=torch.uint8).reshape(-1, len(sets))
     if dist.get_backend(group) == "nccl":
         flags = flags.to(device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
     return flags.cpu().bool().tolist()
 
 
-def fill_and_reduce(g1: List[Optional[torch.Tensor]], g2: List[Optional[torch.Tensor]], wrapped, params, device,
-                    sync: str, group=None) -> None:
+def fill_and_reduce(sets: List[List[Optional[torch.Tensor]]], wrapped, params, device, sync: str, group=None) -> None:
     """"global"/"local": a parameter with a gradient on some ranks only gets zeros on the others
-    (in ``g1``/``g2`` and in ``wrapped``, the lists written back into ``.grad``); "global" then
-    averages g1 and g2 over the ranks."""
-    anywhere = present_anywhere(g1, g2, device, group)
-    for i, (has1, has2) in enumerate(anywhere):
-        for has, g, w in ((has1, g1, wrapped[0]), (has2, g2, wrapped[1])):
-            if has and g[i] is None:
-                g[i] = w[i] = torch.zeros_like(local(params[i]))
+    (in ``sets`` and in ``wrapped``, the lists written back into ``.grad``); "global" then
+    averages every set over the ranks."""
+    anywhere = present_anywhere(sets, device, group)
+    for i, has in enumerate(anywhere):
+        for k, g in enumerate(sets):
+            if has[k] and g[i] is None:
+                g[i] = wrapped[k][i] = torch.zeros_like(local(params[i]))
     if sync == "global":
-        all_reduce_mean_([t for t in g1 + g2 if t is not None], group)
+        all_reduce_mean_([t for g in sets for t in g if t is not None], group)
 
 
 def all_reduce_sum_(t: torch.Tensor, group=None) -> torch.Tensor:

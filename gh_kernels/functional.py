@@ -1,4 +1,4 @@
-"""Public functional API: ``gram``, ``weights``, ``combine``, ``harmonize``.
+"""Public functional API: ``gram``, ``weights``, ``combine``, ``harmonize``, ``aggregate``.
 
 Shapes and dtypes: a *gradient set* is a list/tuple with one tensor per parameter (``None``
 means a zero gradient) or a single tensor. Gradients may be float32, bfloat16, float16 or float64
@@ -14,7 +14,8 @@ import torch
 
 from . import _dispatch
 from ._validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .methods import check_method
+from .methods import METHOD_CODES, check_method
+from .multitask import resolve_method
 
 
 class HarmonizeOutput(NamedTuple):
@@ -34,22 +35,64 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
     return _dispatch.gram(sets, device, backend)
 
 
-def weights(G: torch.Tensor, method: str = "gh", *, kappa: float = 0.5, backend: Optional[str] = None) -> torch.Tensor:
-    """Weights ``(w1, w2)`` of docs/METHOD.md from the 2x2 Gram matrix ``G``: (2,) on G's device,
-    float32 (float64 for a float64 ``G``).
+def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **options) -> torch.Tensor:
+    """Weights from a K x K Gram matrix ``G``: (K,) on G's device, float32 (float64 for a float64 ``G``).
 
-    ``method``: ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++) or ``"gh++released"``;
-    ``kappa`` in [0, 1] splits the GH++ turn (0.5: equal shares). No host synchronization.
-    See :mod:`gh_kernels.methods` for the edge-case rules (no conflict, zero or non-finite
-    gradients: ``(1, 1)``; GH++ near 180 degrees: GH weights).
+    Two-task GH rules (K = 2; option ``kappa`` in [0, 1] splits the GH++ turn, default 0.5):
+    ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++), ``"gh++released"``; see
+    :mod:`gh_kernels.methods` for their edge-case rules. ``backend`` chooses their kernel.
+
+    Multi-task methods (any K from 2 to 12): ``"mean"``, ``"sum"``, ``"pcgrad"``, ``"mgda"``,
+    ``"cagrad"`` (option ``c``, default 0.4), ``"imtl-g"``, ``"aligned-mtl"``, ``"upgrad"``,
+    ``"dualproj"``, ``"config"``, or a :class:`GradVac` / :class:`NashMTL` object (state across
+    steps); their options, papers, regularization and tolerances are in
+    :mod:`gh_kernels.multitask.methods`. Every solve runs on G's device with a fixed amount of work.
+
+    No host synchronization. Unknown methods or options, options a method does not take, and
+    K = 1 raise ValueError naming them.
     """
-    check_method(method, kappa)
-    if not isinstance(G, torch.Tensor) or G.shape != (2, 2):
+    if not isinstance(G, torch.Tensor) or G.dim() != 2 or G.shape[0] != G.shape[1]:
         shape = tuple(G.shape) if isinstance(G, torch.Tensor) else type(G).__name__
-        raise ValueError(f"G must be the 2x2 Gram matrix of two gradient sets (a tensor of shape (2, 2)); got {shape}")
+        raise ValueError(f"G must be a K x K Gram matrix (a square 2-D tensor); got {shape}")
     if not G.is_floating_point():
         raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
-    return _dispatch.weights(G, method, kappa, backend)
+    if isinstance(method, str) and method in METHOD_CODES and G.shape == (2, 2):
+        kappa = options.pop("kappa", 0.5)
+        if options:
+            raise ValueError(f"method {method!r} takes the option kappa only; got {', '.join(options)}")
+        check_method(method, kappa)
+        return _dispatch.weights(G, method, kappa, backend)
+    return resolve_method(method, G.shape[0], options)(G)
+
+
+class AggregateOutput(NamedTuple):
+    """What :func:`aggregate` computed, as device tensors."""
+
+    weights: torch.Tensor  #: (K,) the method's weights, float32 (float64 for float64 gradients)
+    out: List[TensorOrNone]  #: ``sum_k weights[k] * grads[k][p]`` per parameter (the ``out`` list, or new tensors)
+    gram: torch.Tensor  #: (K, K) Gram matrix of the sets
+
+
+def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequence[torch.Tensor]] = None,
+              backend: Optional[str] = None, **options) -> AggregateOutput:
+    """Gram matrix, weights and combine for K gradient sets in one call; returns the weights first.
+
+    ``grads``: K sets (lists with one tensor or None per parameter). ``method``/``options``: as
+    :func:`weights`. ``out``: the tensors to write (``out=grads[0]`` aggregates in place); default
+    new tensors. Returns ``AggregateOutput(weights, out, gram)``. One fused Gram pass (K <= 8 on the
+    C++ and Triton backends; more sets use the torch backend, logged once), the solve on the device,
+    one fused combine pass: no host sync, no K x N copy. Everything is checked before anything is
+    written.
+    """
+    sets, device = check_grad_sets(grads)
+    compute = resolve_method(method, len(sets), dict(options))
+    if out is not None:
+        out = list(as_set(out, "out"))
+        check_out(out, sets)
+    G = _dispatch.gram(sets, device, backend)
+    w = compute(G)
+    out = _dispatch.combine(w if w.dtype == torch.float64 else w.to(torch.float32), sets, device, out, False, backend)
+    return AggregateOutput(w, out, G)
 
 
 def combine(

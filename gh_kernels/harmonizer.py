@@ -103,7 +103,7 @@ class Harmonizer:
             wrapped = (previous, g1, g2)  # what goes back into .grad (DTensor gradients stay DTensors)
             prev, g1, g2 = ([distributed.local(t) for t in s] for s in wrapped)
             if self.sync in ("global", "local"):
-                distributed.fill_and_reduce(g1, g2, wrapped[1:], self.params, self.device, self.sync, self.process_group)
+                distributed.fill_and_reduce([g1, g2], wrapped[1:], self.params, self.device, self.sync, self.process_group)
             done = self._step.fusable and _write.fused_step(self._step, g1, g2, prev, wrapped, scale1, scale2)
             if not done:
                 device = _write.check_grads(g1, g2, self.device)

@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh machine (the README's two commands start with it):
 #  - torch: reuse the installed one; if there is none, the pinned CPU wheel torch==2.13.0
 #    (an unpinned "torch" would download a multi-GB CUDA build);
-#  - test/benchmark/demo dependencies (Triton runs on CPU tensors via TRITON_INTERPRET=1);
+#  - test/benchmark/demo dependencies (Triton runs on CPU tensors via TRITON_INTERPRET=1; torchjd and its
+#    solvers are the multi-task tests' and benchmarks' reference -- the package itself never imports them);
 #  - this package, built against that torch (--no-build-isolation) with its C++ extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet torch==2.13.0
 fi
 missing=()
-for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton; do
+for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton torchjd qpsolvers quadprog cvxpy clarabel ecos; do
   "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -20,6 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     case "$mod" in
       sklearn) pkgs+=(scikit-learn) ;;
       triton) pkgs+=(triton==3.9.0) ;;
+      torchjd) pkgs+=(torchjd==0.18.0) ;;  # the multi-task tests' reference; torch is already installed, so no torch download
       *) pkgs+=("$mod") ;;
     esac
   done

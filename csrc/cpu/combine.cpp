@@ -45,9 +45,14 @@ void combine_item(const FlatParam& fp, const Segment& s, int64_t K, const double
     case 1: combine_segment<T, 1>(out, x, w, s.len, accumulate); break;
     case 2: combine_segment<T, 2>(out, x, w, s.len, accumulate); break;
     case 3: combine_segment<T, 3>(out, x, w, s.len, accumulate); break;
-    default: combine_segment<T, 4>(out, x, w, s.len, accumulate); break;
+    case 4: combine_segment<T, 4>(out, x, w, s.len, accumulate); break;
+    case 5: combine_segment<T, 5>(out, x, w, s.len, accumulate); break;
+    case 6: combine_segment<T, 6>(out, x, w, s.len, accumulate); break;
+    case 7: combine_segment<T, 7>(out, x, w, s.len, accumulate); break;
+    default: combine_segment<T, 8>(out, x, w, s.len, accumulate); break;
   }
 }
+static_assert(kMaxSets == 8, "combine_item lists one case per supported number of present sets");
 
 }  // namespace
 

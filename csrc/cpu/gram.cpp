@@ -18,7 +18,7 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kTile = 1024;
 
-// M present sets (1..4) -> M(M+1)/2 sums, pair order (0,0),(0,1),...,(0,M-1),(1,1),...
+// M present sets (1..kMaxSets) -> M(M+1)/2 sums, pair order (0,0),(0,1),...,(0,M-1),(1,1),...
 template <typename T, int M>
 void gram_segment(const T* const* x, int64_t n, double* sums) {
   using A = acc_t<T>;
@@ -69,12 +69,17 @@ void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /*
     case 1: gram_segment<T, 1>(x, s.len, sums); break;
     case 2: gram_segment<T, 2>(x, s.len, sums); break;
     case 3: gram_segment<T, 3>(x, s.len, sums); break;
-    default: gram_segment<T, 4>(x, s.len, sums); break;
+    case 4: gram_segment<T, 4>(x, s.len, sums); break;
+    case 5: gram_segment<T, 5>(x, s.len, sums); break;
+    case 6: gram_segment<T, 6>(x, s.len, sums); break;
+    case 7: gram_segment<T, 7>(x, s.len, sums); break;
+    default: gram_segment<T, 8>(x, s.len, sums); break;
   }
   int q = 0;
   for (int a = 0; a < m; ++a)
     for (int b = a; b < m; ++b, ++q) slot[idx[a] * K + idx[b]] = sums[q];
 }
+static_assert(kMaxSets == 8, "gram_item lists one case per supported number of present sets");
 
 }  // namespace
 

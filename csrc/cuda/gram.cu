@@ -78,10 +78,15 @@ __global__ void __launch_bounds__(kThreads) gram_partials_kernel(const WorkItem*
   }
 }
 
+// Threads of the cleanup kernel: its shared buffer is kFinalizeThreads x kNumPairs doubles
+// (36 columns for 8 sets: 36 KB), under the 48 KB of static shared memory a block may use.
+constexpr int kFinalizeThreads = 128;
+static_assert(kFinalizeThreads * kNumPairs * sizeof(double) <= 48 * 1024, "finalize buffer exceeds static shared memory");
+
 template <typename GT>
-__global__ void __launch_bounds__(512) gram_finalize_kernel(const double* __restrict__ partials, int64_t num_items, int K,
+__global__ void __launch_bounds__(kFinalizeThreads) gram_finalize_kernel(const double* __restrict__ partials, int64_t num_items, int K,
                                                             GT* __restrict__ G) {
-  __shared__ double sums[512][kNumPairs];
+  __shared__ double sums[kFinalizeThreads][kNumPairs];
   double local[kNumPairs];
 #pragma unroll
   for (int q = 0; q < kNumPairs; ++q) local[q] = 0.0;
@@ -125,9 +130,9 @@ cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int n
 cudaError_t launch_gram_finalize(const double* partials, int64_t num_items, int num_sets, void* G, bool G_is_f64,
                                  cudaStream_t stream) {
   if (G_is_f64)
-    gram_finalize_kernel<double><<<1, 512, 0, stream>>>(partials, num_items, num_sets, static_cast<double*>(G));
+    gram_finalize_kernel<double><<<1, kFinalizeThreads, 0, stream>>>(partials, num_items, num_sets, static_cast<double*>(G));
   else
-    gram_finalize_kernel<float><<<1, 512, 0, stream>>>(partials, num_items, num_sets, static_cast<float*>(G));
+    gram_finalize_kernel<float><<<1, kFinalizeThreads, 0, stream>>>(partials, num_items, num_sets, static_cast<float*>(G));
   return cudaGetLastError();
 }
 

@@ -96,10 +96,14 @@ cudaError_t dispatch_sets(int num_sets, Launch&& launch) {
     case 2: return launch(TypeTag<T>{}, std::integral_constant<int, 2>{});
     case 3: return launch(TypeTag<T>{}, std::integral_constant<int, 3>{});
     case 4: return launch(TypeTag<T>{}, std::integral_constant<int, 4>{});
+    case 5: return launch(TypeTag<T>{}, std::integral_constant<int, 5>{});
+    case 6: return launch(TypeTag<T>{}, std::integral_constant<int, 6>{});
+    case 7: return launch(TypeTag<T>{}, std::integral_constant<int, 7>{});
+    case 8: return launch(TypeTag<T>{}, std::integral_constant<int, 8>{});
     default: return cudaErrorInvalidValue;
   }
 }
-static_assert(kMaxSets == 4, "dispatch_sets lists one case per supported number of sets");
+static_assert(kMaxSets == 8, "dispatch_sets lists one case per supported number of sets");
 
 template <typename Launch>
 cudaError_t dispatch_dtype_and_sets(int dtype, int num_sets, Launch&& launch) {

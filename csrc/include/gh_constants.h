@@ -13,7 +13,7 @@
 namespace gh {
 
 // The fused kernels handle up to this many gradient sets (_constants.MAX_SETS).
-constexpr int kMaxSets = 4;
+constexpr int kMaxSets = 8;
 // Partial-sum columns of the Gram pass: one per pair (a, b), a <= b (_constants.NUM_PAIRS).
 constexpr int kNumPairs = kMaxSets * (kMaxSets + 1) / 2;
 

@@ -26,7 +26,7 @@ struct WorkItem {
   uint32_t present;
   uint32_t aligned;
 };
-static_assert(sizeof(WorkItem) == 64, "WorkItem layout is shared with the host glue");
+static_assert(sizeof(WorkItem) == 8 * kMaxSets + 32, "WorkItem layout is shared with the host glue");
 
 // Per-item partial sums (float64): partials[item * kNumPairs + pair_column(a, b)], one block per item.
 cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype,

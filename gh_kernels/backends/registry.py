@@ -11,7 +11,7 @@ Each backend is a package ``gh_kernels.backends.<package>`` with two functions:
 Choice, per call: the ``backend=`` argument, else ``GH_KERNELS_BACKEND`` (``auto`` by default).
 ``auto`` picks the highest-priority backend that loaded for the tensors' device (CPU: cpu >
 torch; CUDA: cuda > triton > torch); one that failed to load is skipped (the reason is logged
-once). A backend named explicitly (argument or environment) that cannot serve the call raises
+once), and so is one whose kernels take fewer gradient sets than the call has (logged once per K). A backend named explicitly (argument or environment) that cannot serve the call raises
 :class:`BackendUnavailable` with the reason. Every call then goes through the dispatcher, to the
 chosen backend's overload (:func:`kernel`).
 """
@@ -98,8 +98,13 @@ def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2) -> 
         ranked = sorted((b for b in BACKENDS.values() if device.type in b.auto_priority),
                         key=lambda b: -b.auto_priority[device.type])
         for b in ranked:
-            if (b.max_sets is None or num_sets <= b.max_sets) and unavailable(b.name, device) is None:
-                return b.name
+            if unavailable(b.name, device) is not None:
+                continue
+            if b.max_sets is not None and num_sets > b.max_sets:
+                _log_once(f"gh_kernels: {num_sets} gradient sets on {device.type}: backend {b.name!r} takes at most "
+                          f"{b.max_sets}; falling back to the next backend")
+                continue
+            return b.name
         return "torch"
     if requested not in BACKENDS:
         raise ValueError(f"{where} must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {requested!r}")
@@ -110,6 +115,16 @@ def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2) -> 
     if limit is not None and num_sets > limit:
         raise ValueError(f"{where}={requested!r} handles at most {limit} gradient sets; got {num_sets} (use 'torch')")
     return requested
+
+
+_logged: set = set()
+
+
+def _log_once(message: str) -> None:
+    """Log a fallback reason at INFO, once per distinct message (a training loop would repeat it every step)."""
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
 
 
 def kernel(name: str, op: str) -> Callable:

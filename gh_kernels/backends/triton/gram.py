@@ -16,14 +16,27 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
+from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
 from . import worklist as wl
+from .wide import NARROW_SETS, WIDE_BLOCK, gram_wide_kernel
 from .common import ROW, acc_zeros, val, work_item
 from .flat import flat_params
 from ..._ops import result_dtype
 
 NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
 SETS = tl.constexpr(MAX_SETS)
+# Partial-sum columns of the narrow kernel's ten pairs (_constants.pair_column).
+C00 = tl.constexpr(pair_column(0, 0))
+C01 = tl.constexpr(pair_column(0, 1))
+C02 = tl.constexpr(pair_column(0, 2))
+C03 = tl.constexpr(pair_column(0, 3))
+C11 = tl.constexpr(pair_column(1, 1))
+C12 = tl.constexpr(pair_column(1, 2))
+C13 = tl.constexpr(pair_column(1, 3))
+C22 = tl.constexpr(pair_column(2, 2))
+C23 = tl.constexpr(pair_column(2, 3))
+C33 = tl.constexpr(pair_column(3, 3))
+PAIRS_PADDED = tl.constexpr(triton.next_power_of_2(_NUM_PAIRS))
 
 
 @triton.jit
@@ -69,24 +82,24 @@ def _gram_partials_kernel(table, base, partials, slot_base, K: tl.constexpr,
     a00, a01, a02, a03, a11, a12, a13, a22, a23, a33 = _gram_tile(
         p0, p1, p2, p3, h0, h1, h2, h3, offs, offs < length,
         a00, a01, a02, a03, a11, a12, a13, a22, a23, a33, K, True)
-    out = partials + (slot_base + pid) * NUM_PAIRS  # columns in pair_column order: (0,0),(0,1),...,(3,3)
-    tl.store(out + 0, tl.sum(a00, axis=0).to(tl.float64))
-    tl.store(out + 1, tl.sum(a01, axis=0).to(tl.float64))
-    tl.store(out + 2, tl.sum(a02, axis=0).to(tl.float64))
-    tl.store(out + 3, tl.sum(a03, axis=0).to(tl.float64))
-    tl.store(out + 4, tl.sum(a11, axis=0).to(tl.float64))
-    tl.store(out + 5, tl.sum(a12, axis=0).to(tl.float64))
-    tl.store(out + 6, tl.sum(a13, axis=0).to(tl.float64))
-    tl.store(out + 7, tl.sum(a22, axis=0).to(tl.float64))
-    tl.store(out + 8, tl.sum(a23, axis=0).to(tl.float64))
-    tl.store(out + 9, tl.sum(a33, axis=0).to(tl.float64))
+    out = partials + (slot_base + pid) * NUM_PAIRS  # columns in pair_column order: (0,0),(0,1),...,(0,SETS-1),(1,1),...
+    tl.store(out + C00, tl.sum(a00, axis=0).to(tl.float64))
+    tl.store(out + C01, tl.sum(a01, axis=0).to(tl.float64))
+    tl.store(out + C02, tl.sum(a02, axis=0).to(tl.float64))
+    tl.store(out + C03, tl.sum(a03, axis=0).to(tl.float64))
+    tl.store(out + C11, tl.sum(a11, axis=0).to(tl.float64))
+    tl.store(out + C12, tl.sum(a12, axis=0).to(tl.float64))
+    tl.store(out + C13, tl.sum(a13, axis=0).to(tl.float64))
+    tl.store(out + C22, tl.sum(a22, axis=0).to(tl.float64))
+    tl.store(out + C23, tl.sum(a23, axis=0).to(tl.float64))
+    tl.store(out + C33, tl.sum(a33, axis=0).to(tl.float64))
 
 
 @triton.jit
 def _gram_finalize_kernel(partials, G, items, K: tl.constexpr, RBLOCK: tl.constexpr):
     """Sums the partial rows in a fixed order (float64) and writes the symmetric K x K matrix."""
-    cols = tl.arange(0, 16)
-    acc = tl.zeros([RBLOCK, 16], dtype=tl.float64)
+    cols = tl.arange(0, PAIRS_PADDED)
+    acc = tl.zeros([RBLOCK, PAIRS_PADDED], dtype=tl.float64)
     rows = tl.arange(0, RBLOCK)
     for base in range(0, items, RBLOCK):
         r = base + rows
@@ -126,6 +139,10 @@ def run_gram(work: GramWork, num_sets: int) -> torch.Tensor:
     G = torch.zeros((num_sets, num_sets), dtype=work.dtype, device=work.device)
     cfg = work.cfg
     for L in work.launches:
+        if num_sets > NARROW_SETS:
+            block = wl.block_for(cfg, 8) if work.device.type != "cuda" else WIDE_BLOCK
+            gram_wide_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=block, num_warps=cfg.num_warps)
+            continue
         _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()),
                                           ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=cfg.num_warps)
     if work.items:

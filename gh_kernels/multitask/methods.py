@@ -1,0 +1,244 @@
+"""Weights of the multi-task methods from a K x K Gram matrix ``G = J J^T`` (rows of J: the task
+gradients): the update is ``sum_k w_k g_k``. Everything runs on G's device in float64 (K <= 8: the
+cost is launches), with a fixed amount of work and no host sync; results are returned in G's dtype.
+
+Each method follows its paper; where a paper leaves a choice we follow torchjd 0.18 (named below)
+and the tests compare with torchjd on the same matrices (tests/test_multitask_torchjd.py).
+
+==================  ==========================================================================
+``"mean"``          ``1/K`` each.
+``"sum"``           ``1`` each.
+``"pcgrad"``        Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1:
+                    each g_i is projected, in turn, off every g_j it conflicts with; the update is
+                    the sum of the projected gradients. Order: j = 0, 1, ..., K-1 for every i
+                    (deterministic, our default); ``generator=``: a random order per i, drawn as
+                    torchjd draws it (``randperm(K)`` per i). For K = 2 it equals ``"gh"``.
+``"mgda"``          Desideri 2012 / Sener and Koltun, NeurIPS 2018: the min-norm point of the convex
+                    hull of the gradients, solved exactly (support enumeration) on ``G / trace(G) +
+                    MIN_NORM_REG * I``. torchjd runs Frank-Wolfe (eps 1e-3, 100 iterations), so it
+                    can stop short of the optimum; ours is the optimum.
+``"cagrad"``        Liu et al., "Conflict-Averse Gradient Descent", NeurIPS 2021, Alg. 1 with option
+                    ``c`` (default 0.4): ``w* = argmin_{w in simplex} w^T G_n 1/K + c ||g0|| ||J^T w||``
+                    on the trace-normalized G_n, weights ``1/K + c ||g0|| / ||J^T w*|| w*`` (torchjd:
+                    no ``1/(1+c)`` rescale; zero weights when ``||J^T w*|| < norm_eps``).
+``"imtl-g"``        Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (gradient part), in
+                    torchjd's generalized form: ``v = pinv(G) sqrt(diag G)``, ``w = v / sum v`` (zeros
+                    when ``|sum v| < 1e-12``).
+``"aligned-mtl"``   Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR
+                    2023, Alg. 1: ``w = sqrt(s) V S^-1/2 V^T p`` from the eigendecomposition of G
+                    (eigenvalues above ``max * K * eps`` kept; ``scale_mode`` "min" (default),
+                    "median" or "rmse" sets s), ``p`` = ``pref_vector`` (default 1/K).
+``"upgrad"``        Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024: each
+                    g_i projected onto the dual cone of the rows (``argmin_{v >= e_i} v^T G v``),
+                    combined with ``pref_vector`` (default 1/K).
+``"dualproj"``      Lopez-Paz and Ranzato, "Gradient Episodic Memory", NeurIPS 2017, eq. 11: the
+                    ``pref_vector``-weighted mean (default 1/K) projected onto the dual cone.
+``"config"``        Liu et al., "ConFIG: Towards Conflict-free Training of PINNs", ICLR 2025, eq. 2:
+                    direction ``pinv(U) p`` for the unit gradients U (``p``: ``pref_vector``, default
+                    ones), length ``sum_i <g_i, direction>``.
+==================  ==========================================================================
+
+Regularization (a singular or rank-deficient G): UPGrad and DualProj solve on
+``normalize(G, norm_eps) + reg_eps * I`` (torchjd's defaults 1e-4, 1e-4: a trace below norm_eps
+counts as zero); MGDA and CAGrad on the trace-normalized G plus ``MIN_NORM_REG * I``; IMTL-G,
+Aligned-MTL and ConFIG use pseudo-inverses that drop eigenvalues below ``max * K * eps``. Non-finite
+G: the method's neutral weights (``pref_vector``, or 1/K or 1) -- the non-finite gradients still
+reach the update, so ``GradScaler`` skips the step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .linalg import normalize, pinv_sym, regularize, symeig
+from .solvers import cagrad_simplex, dual_cone_weights, min_norm_simplex
+
+#: Added to the trace-normalized G for MGDA and CAGrad: keeps every support's system solvable for a
+#: singular G; far below the smallest eigenvalue of a G with cond(G) <= 1e8.
+MIN_NORM_REG = 1e-10
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _pref(options: dict, K: int, G: torch.Tensor, default: float) -> torch.Tensor:
+    p = options.get("pref_vector")
+    if p is None:
+        return torch.full((K,), default, dtype=G.dtype, device=G.device)
+    return p.to(device=G.device, dtype=G.dtype)
+
+
+def _eps(G_in_dtype: torch.dtype) -> float:
+    return torch.finfo(G_in_dtype).eps
+
+
+def mean(G, K, o, dt):
+    return torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
+
+
+def sum_(G, K, o, dt):
+    return torch.ones(K, dtype=G.dtype, device=G.device)
+
+
+def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.device, others_only: bool) -> torch.Tensor:
+    """(K, K) (or (K, K-1) with ``others_only``) order in which task i visits the tasks j."""
+    if generator is None:
+        order = torch.arange(K, device=device).expand(K, K)
+        if others_only:
+            order = torch.stack([torch.cat((order[i, :i], order[i, i + 1:])) for i in range(K)]) if K > 1 else order[:, :0]
+        return order
+    rows = []
+    for i in range(K):  # as torchjd draws them: randperm(K) for PCGrad, randperm(K - 1) over the others for GradVac
+        if others_only:
+            others = torch.tensor([j for j in range(K) if j != i], device=generator.device)
+            rows.append(others[torch.randperm(K - 1, generator=generator, device=generator.device)])
+        else:
+            rows.append(torch.randperm(K, generator=generator, device=generator.device))
+    return torch.stack(rows).to(device)
+
+
+def pcgrad(G, K, o, dt):
+    order = visiting_order(K, o.get("generator"), G.device, others_only=False)
+    rows = torch.arange(K, device=G.device)
+    C = torch.eye(K, dtype=G.dtype, device=G.device)   # projected g_i = sum_k C[i, k] g_k
+    diag = G.diagonal()
+    for t in range(K):
+        j = order[:, t]
+        ip = (C @ G).gather(1, j[:, None])[:, 0]         # <projected g_i, g_j>
+        gjj = diag[j]
+        project = (ip < 0) & (j != rows) & (gjj > 0)
+        step = torch.where(project, ip / torch.where(gjj > 0, gjj, torch.ones_like(gjj)), torch.zeros_like(ip))
+        C = C - step[:, None] * torch.nn.functional.one_hot(j, K).to(G.dtype)
+    return C.sum(0)
+
+
+def mgda(G, K, o, dt):
+    return min_norm_simplex(regularize(normalize(G, _TINY), MIN_NORM_REG))  # all-zero G: 1/K
+
+
+def cagrad(G, K, o, dt):
+    c, norm_eps = float(o.get("c", 0.4)), float(o.get("norm_eps", 1e-4))
+    Gn = normalize(G, norm_eps)
+    b = Gn.sum(1) / K                                    # J g0 with g0 the mean gradient
+    radius = c * (Gn.sum() / (K * K)).clamp_min(0.0).sqrt()  # c ||g0||
+    safe_radius = torch.where(radius > 0, radius, torch.ones_like(radius))
+    w = cagrad_simplex(regularize(Gn, MIN_NORM_REG), b, safe_radius)
+    gw = (w @ Gn @ w).clamp_min(0.0).sqrt()
+    base = torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
+    lifted = base + radius / torch.where(gw > 0, gw, torch.ones_like(gw)) * w
+    return torch.where(radius > 0, torch.where(gw >= norm_eps, lifted, torch.zeros_like(base)), base)
+
+
+def imtl_g(G, K, o, dt):
+    v = pinv_sym(G, _eps(dt)) @ G.diagonal().clamp_min(0.0).sqrt()
+    s = v.sum()
+    return torch.where(s.abs() < 1e-12, torch.zeros_like(v), v / torch.where(s.abs() < 1e-12, torch.ones_like(s), s))
+
+
+def aligned_mtl(G, K, o, dt):
+    mode = o.get("scale_mode", "min")
+    evals, V = symeig(G)
+    keep = evals > evals.max() * K * _eps(dt)
+    inv_sqrt = torch.where(keep, torch.where(keep, evals, torch.ones_like(evals)).rsqrt(), torch.zeros_like(evals))
+    kept = torch.where(keep, evals, torch.full_like(evals, float("nan")))
+    if mode == "min":
+        scale = torch.where(keep, evals, torch.full_like(evals, float("inf"))).min()
+    elif mode == "median":  # torch.median of the kept eigenvalues: the lower middle one
+        count = keep.sum()
+        scale = torch.sort(torch.where(keep, evals, torch.full_like(evals, float("inf")))).values[((count - 1) // 2).clamp_min(0)]
+    else:  # rmse: torchjd uses the mean of the kept eigenvalues
+        scale = torch.nansum(kept) / keep.sum().clamp_min(1)
+    B = scale.clamp_min(0.0).sqrt() * (V * inv_sqrt) @ V.T
+    p = _pref(o, K, G, 1.0 / K)
+    return torch.where(keep.any(), B @ p, p)
+
+
+def upgrad(G, K, o, dt):
+    Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
+    p = _pref(o, K, G, 1.0 / K)
+    return dual_cone_weights(Gr, torch.diag(p)).sum(0)
+
+
+def dualproj(G, K, o, dt):
+    Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
+    return dual_cone_weights(Gr, _pref(o, K, G, 1.0 / K)[None])[0]
+
+
+def config(G, K, o, dt):
+    norms = G.diagonal().clamp_min(0.0).sqrt()
+    inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    Gu = G * inv_norm[:, None] * inv_norm[None, :]      # Gram of the unit gradients U = D^-1 J
+    a = pinv_sym(Gu, _eps(dt)) @ _pref(o, K, G, 1.0)   # pinv(U) p = U^T a
+    direction_sq = (a @ Gu @ a).clamp_min(0.0)          # ||U^T a||^2
+    coeff = inv_norm * a                                # direction = J^T coeff
+    length = (G @ coeff).sum()                          # sum_i <g_i, direction>
+    safe = torch.where(direction_sq > 0, direction_sq, torch.ones_like(direction_sq))
+    return torch.where(direction_sq > 0, length / safe * coeff, torch.zeros_like(coeff))
+
+
+#: name -> (solver, allowed options, neutral weight for a non-finite G (None: pref_vector/1/K rules))
+Spec = Tuple[Callable, Tuple[str, ...], float]
+MULTITASK_METHODS: Dict[str, Spec] = {
+    "mean": (mean, (), 1.0),
+    "sum": (sum_, (), 1.0),
+    "pcgrad": (pcgrad, ("generator",), 1.0),
+    "mgda": (mgda, (), 1.0),
+    "cagrad": (cagrad, ("c", "norm_eps"), 1.0),
+    "imtl-g": (imtl_g, (), 1.0),
+    "aligned-mtl": (aligned_mtl, ("pref_vector", "scale_mode"), 1.0),
+    "upgrad": (upgrad, ("pref_vector", "norm_eps", "reg_eps"), 1.0),
+    "dualproj": (dualproj, ("pref_vector", "norm_eps", "reg_eps"), 1.0),
+    "config": (config, ("pref_vector",), 1.0),
+}
+#: Neutral weights (used for a non-finite G): the mean-type methods 1/K, the sum-type ones 1.
+_SUM_TYPE = {"sum", "pcgrad", "config"}
+STATEFUL = {"gradvac": "GradVac", "nash-mtl": "NashMTL"}
+
+
+def check_options(method: str, options: dict, K: int) -> None:
+    """Raise a ValueError naming the method and option for anything the method does not take."""
+    if method in STATEFUL:
+        raise ValueError(f"method {method!r} keeps state across steps: create gh_kernels.{STATEFUL[method]}(...) once and "
+                         f"pass it as method= (options go to its constructor)")
+    if method not in MULTITASK_METHODS:
+        names = ", ".join(repr(m) for m in MULTITASK_METHODS)
+        raise ValueError(f"method must be one of {names} (or 'gh', 'gh++', 'gh++released' for K = 2, or a "
+                         f"gh_kernels.GradVac / NashMTL object); got {method!r}")
+    allowed = MULTITASK_METHODS[method][1]
+    for name, value in options.items():
+        if name not in allowed:
+            takes = f"takes the options {', '.join(allowed)}" if allowed else "takes no options"
+            raise ValueError(f"method {method!r} {takes}; got {name}={value!r}")
+    if "c" in options and not (isinstance(options["c"], (int, float)) and not isinstance(options["c"], bool)
+                               and math.isfinite(options["c"]) and options["c"] >= 0):
+        raise ValueError(f"option c of 'cagrad' must be a finite number >= 0; got {options['c']!r}")
+    for name in ("norm_eps", "reg_eps"):
+        if name in options and not (isinstance(options[name], (int, float)) and not isinstance(options[name], bool)
+                                    and math.isfinite(options[name]) and options[name] >= 0):
+            raise ValueError(f"option {name} of {method!r} must be a finite number >= 0; got {options[name]!r}")
+    if "scale_mode" in options and options["scale_mode"] not in ("min", "median", "rmse"):
+        raise ValueError(f"option scale_mode of 'aligned-mtl' must be 'min', 'median' or 'rmse'; got {options['scale_mode']!r}")
+    if "generator" in options and options["generator"] is not None and not isinstance(options["generator"], torch.Generator):
+        raise ValueError(f"option generator of 'pcgrad' must be a torch.Generator or None; got {type(options['generator']).__name__}")
+    if "pref_vector" in options and options["pref_vector"] is not None:
+        p = options["pref_vector"]
+        if not isinstance(p, torch.Tensor):
+            try:
+                options["pref_vector"] = p = torch.as_tensor(p, dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"option pref_vector of {method!r} must be a tensor of {K} numbers; got {type(p).__name__}")
+        if p.shape != (K,) or not p.is_floating_point():
+            raise ValueError(f"option pref_vector of {method!r} must be a float tensor of shape ({K},); got "
+                             f"{p.dtype} of shape {tuple(p.shape)}")
+
+
+def solve(G: torch.Tensor, method: str, options: dict) -> torch.Tensor:
+    """Weights of a checked ``method``/``options`` for a validated K x K Gram ``G`` (K >= 2), in G's dtype."""
+    K = G.shape[0]
+    fn = MULTITASK_METHODS[method][0]
+    G64 = G.to(torch.float64)
+    finite = torch.isfinite(G64).all()
+    G64 = torch.where(finite, 0.5 * (G64 + G64.T), torch.eye(K, dtype=torch.float64, device=G.device))
+    w = fn(G64, K, options, G.dtype)
+    neutral = _pref(options, K, G64, 1.0 if method in _SUM_TYPE else 1.0 / K)
+    return torch.where(finite, w, neutral).to(G.dtype)

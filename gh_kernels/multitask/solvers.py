@@ -1,0 +1,90 @@
+"""Exact small convex solves behind UPGrad, DualProj, MGDA and CAGrad, by enumerating supports.
+
+Each problem is a strictly convex minimization over K <= 8 variables with simple constraints. On
+the right active set (support) its KKT conditions are a linear system; we solve the systems of
+*all* 2^K active sets in one batched ``solve_ex``, move every candidate onto the feasible set (a
+candidate from a wrong active set is feasible after that, never better than the optimum), and keep
+the one with the smallest objective. The right active set's candidate is the exact optimum, so the
+result is exact up to float64 rounding: no iteration count, no tolerance, no host sync, and a
+fixed amount of device work (2^K systems of size K or K + 1).
+
+A candidate that comes from a singular system is inf/nan and is never chosen; the callers pass a
+positive definite (regularized) Gram matrix, so the right active set's system is never singular.
+"""
+from __future__ import annotations
+
+import torch
+
+from .linalg import argmin_candidates, solve_batch, subsets
+
+
+def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """For each row u of ``U`` (B, K): ``argmin_v v^T G v`` subject to ``v >= u`` (elementwise).
+
+    This is the projection of ``J^T u`` onto the dual cone of the rows of J (``G = J J^T``) in
+    weight space (Senushkin et al. / Quinton and Rey, "Jacobian Descent", Prop. 1). KKT on the free
+    set F: ``(G v)_F = 0``, ``v_A = u_A`` on the active set A.
+    """
+    K = G.shape[-1]
+    free = subsets(K, G.device)                                 # (S, K): True = free
+    eye = torch.eye(K, dtype=G.dtype, device=G.device)
+    M = torch.where(free[:, :, None], G[None], eye[None])        # rows: G_i for free i, e_i for active i
+    rhs = torch.where(free[:, None, :], torch.zeros((), dtype=G.dtype, device=G.device), U[None])  # (S, B, K)
+    V = solve_batch(M, rhs.transpose(1, 2)).transpose(1, 2)      # (S, B, K)
+    V = torch.maximum(V, U[None])                                # feasible: v >= u
+    objective = torch.einsum("sbi,ij,sbj->sb", V, G, V)
+    return argmin_candidates(V.transpose(0, 1), objective.T)    # (B, K)
+
+
+def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
+    """``argmin_w w^T G w`` over the simplex (``w >= 0``, ``sum w = 1``): MGDA's min-norm point.
+
+    KKT on a support S: ``(G w)_S = lambda 1``, ``w_i = 0`` off S, ``sum w = 1`` -- one (K+1) x (K+1)
+    system per nonempty S.
+    """
+    K = G.shape[-1]
+    dt, dev = G.dtype, G.device
+    support = subsets(K, dev)[1:]                                # (S, K), nonempty
+    eye = torch.eye(K, dtype=dt, device=dev)
+    S = support.shape[0]
+    M = torch.zeros((S, K + 1, K + 1), dtype=dt, device=dev)
+    M[:, :K, :K] = torch.where(support[:, :, None], G[None], eye[None])
+    M[:, :K, K] = torch.where(support, -1.0, 0.0).to(dt)          # - lambda on support rows
+    M[:, K, :K] = 1.0
+    rhs = torch.zeros((S, K + 1, 1), dtype=dt, device=dev)
+    rhs[:, K, 0] = 1.0
+    W = solve_batch(M, rhs)[:, :K, 0].clamp_min(0.0)             # (S, K), w >= 0
+    total = W.sum(-1, keepdim=True)
+    W = W / torch.where(total > 0, total, torch.full_like(total, float("nan")))  # sum w = 1
+    objective = torch.einsum("si,ij,sj->s", W, G, W)
+    return argmin_candidates(W, objective)
+
+
+def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """``argmin_w b^T w + radius * sqrt(w^T G w)`` over the simplex (CAGrad's dual problem).
+
+    On a support S, with ``a = G_SS^-1 1`` and ``d = G_SS^-1 b_S``, stationarity gives
+    ``w_S = (lambda a - d) / sqrt(D)``, ``lambda = (B + sqrt(D)) / A`` where ``A = 1^T a``,
+    ``B = 1^T d``, ``C = b_S^T d`` and ``D = B^2 - A (C - radius^2)`` (D <= 0: no stationary point
+    on S). ``radius > 0`` is required (the caller handles c = 0).
+    """
+    K = G.shape[-1]
+    dt, dev = G.dtype, G.device
+    support = subsets(K, dev)[1:]
+    eye = torch.eye(K, dtype=dt, device=dev)
+    M = torch.where(support[:, :, None], G[None], eye[None])
+    ones = torch.ones(K, dtype=dt, device=dev)
+    zero = torch.zeros((), dtype=dt, device=dev)
+    rhs = torch.stack((torch.where(support, ones, zero), torch.where(support, b, zero)), dim=-1)  # (S, K, 2)
+    X = solve_batch(M, rhs)
+    a, d = X[..., 0], X[..., 1]
+    A, B, C = a.sum(-1), d.sum(-1), (b * d).sum(-1)
+    D = B * B - A * (C - radius * radius)
+    root = torch.where(D > 0, D, torch.full_like(D, float("nan"))).sqrt()
+    lam = (B + root) / A
+    W = ((lam[:, None] * a - d) / root[:, None]).clamp_min(0.0)
+    total = W.sum(-1, keepdim=True)
+    W = W / torch.where(total > 0, total, torch.full_like(total, float("nan")))
+    quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
+    objective = W @ b + radius * quad.sqrt()
+    return argmin_candidates(W, objective)

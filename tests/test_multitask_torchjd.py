@@ -1,0 +1,114 @@
+"""The multi-task methods against torchjd 0.18 (a test-only dependency) on the same matrices, K = 2..8,
+cond(G) up to 1e4: the same update within 5e-3 relative (the issue's target). Float64 matrices are
+compared tightly (both sides exact up to the solvers' tolerances); for a float32 matrix, our update
+from the fused kernel's float32 Gram is compared with torchjd's in float64 on that same matrix (its
+exact answer), within 5e-3 or twice torchjd's own float32 error on it, whichever is larger (IMTL-G
+and Aligned-MTL invert G: at cond 1e4 float32 rounding alone moves both libraries' updates by up to
+~1e-2).
+
+Documented differences: torchjd's MGDA is Frank-Wolfe stopped at eps 1e-3, so it may stop short of the
+min-norm point; we check ours is never longer than torchjd's and equals an exact solve (in
+test_multitask_methods.py). torchjd's Nash-MTL solver (cvxpy CCP) often stops short of the solution
+along the right direction; see test_nash_mtl_over_steps.
+"""
+import warnings
+
+import pytest
+import torch
+
+import gh_kernels
+from mtl_helpers import rel, task_matrix
+
+A = pytest.importorskip("torchjd.aggregation")
+pytest.importorskip("cvxpy")
+pytest.importorskip("quadprog")
+warnings.filterwarnings("ignore", module="cvxpy")
+
+KS = range(2, 9)
+CONDS = (1.0, 30.0, 1e3, 1e4)
+TOL = 5e-3
+
+
+def torchjd_update(method, J):
+    G = J @ J.T
+    weighting = {"mean": A.MeanWeighting(), "sum": A.SumWeighting(), "cagrad": A.CAGradWeighting(c=0.4),
+                 "imtl-g": A.IMTLGWeighting(), "aligned-mtl": A.AlignedMTLWeighting(), "upgrad": A.UPGradWeighting(),
+                 "dualproj": A.DualProjWeighting(), "mgda": A.MGDAWeighting()}
+    if method == "config":
+        return A.ConFIG()(J)
+    return weighting[method](G) @ J
+
+
+def matrices(K, gen):
+    for cond in CONDS:
+        for common in (0.0, 0.5):
+            yield cond, task_matrix(K, gen, cond, common=common)
+
+
+@pytest.mark.parametrize("K", KS)
+@pytest.mark.parametrize("method", ["mean", "sum", "upgrad", "dualproj", "cagrad", "imtl-g", "aligned-mtl", "config"])
+def test_same_update_as_torchjd(method, K, gen):
+    for cond, J in matrices(K, gen):
+        ref = torchjd_update(method, J)
+        G = J @ J.T
+        ours64 = gh_kernels.weights(G, method) @ J
+        assert rel(ours64, ref) < (2e-3 if method == "cagrad" else 1e-8), (method, K, cond, rel(ours64, ref))
+        J32 = J.float()  # a float32 matrix: our float32 Gram (the fused kernel) vs torchjd in float64 on it
+        ref32 = torchjd_update(method, J32.double())
+        ours32 = gh_kernels.weights(gh_kernels.gram([[row] for row in J32]), method).double() @ J32.double()
+        theirs32 = torchjd_update(method, J32).double()  # torchjd's own float32 run: its rounding error on this matrix
+        assert rel(ours32, ref32) < max(TOL, 2 * rel(theirs32, ref32)), (method, K, cond, rel(ours32, ref32), rel(theirs32, ref32))
+
+
+@pytest.mark.parametrize("K", KS)
+def test_pcgrad_same_draws_as_torchjd(K, gen):
+    for cond, J in matrices(K, gen):
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+        torch.manual_seed(seed)
+        ref = A.PCGradWeighting()(J @ J.T) @ J
+        ours = gh_kernels.weights(J @ J.T, "pcgrad", generator=torch.Generator().manual_seed(seed)) @ J
+        assert rel(ours, ref) < TOL, (K, cond)
+
+
+@pytest.mark.parametrize("K", KS)
+def test_mgda_never_longer_than_torchjd(K, gen):
+    for cond, J in matrices(K, gen):
+        G = J @ J.T
+        ours, ref = gh_kernels.weights(G, "mgda"), A.MGDAWeighting()(G)
+        assert ours @ G @ ours <= (ref @ G @ ref) * (1 + 1e-9)
+        if K == 2:  # Frank-Wolfe's exact line search solves K = 2 in one step
+            assert rel(ours @ J, ref @ J) < 1e-8
+
+
+@pytest.mark.parametrize("K", KS)
+def test_gradvac_over_steps(K, gen):
+    ours = gh_kernels.GradVac()
+    ref = A.GradVacWeighting()
+    for step in range(4):
+        J = task_matrix(K, gen, 1e3, common=0.3 * (step % 2))
+        G = J @ J.T
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+        torch.manual_seed(seed)
+        r = ref(G) @ J
+        ours.generator = torch.Generator().manual_seed(seed)
+        assert rel(ours.weights(G) @ J, r) < 1e-9, (K, step)
+
+
+@pytest.mark.parametrize("K", KS)
+def test_nash_mtl_over_steps(K, gen):
+    """torchjd's solver often stops on its "alpha barely moved" rule away from the solution of
+    G alpha = 1/alpha, but along the right direction (measured: the same alpha up to a factor of
+    0.9-1.0). So: with the default max_norm=1 and updates longer than 1 (both clipped to norm 1),
+    the updates agree within 5e-3; unclipped, their directions do; ours solves the equation."""
+    clipped, unclipped = (gh_kernels.NashMTL(), A.NashMTL(n_tasks=K)), (gh_kernels.NashMTL(max_norm=0), A.NashMTL(n_tasks=K, max_norm=0))
+    for step in range(3):
+        J = 10 * task_matrix(K, gen, 1e2, common=0.5)
+        G = J @ J.T
+        ours, ref = clipped
+        o, r = ours.weights(G) @ J, ref(J)
+        assert abs(r.norm().item() - 1) < 1e-9 and rel(o, r) < TOL, (K, step, rel(o, r))
+        ours, ref = unclipped
+        o, r = ours.weights(G) @ J, ref(J)
+        assert rel(o / o.norm(), r / r.norm()) < TOL, (K, step)
+        Gn, alpha = G / G.norm(), ours.alpha
+        assert ((Gn @ alpha - 1 / alpha).norm() / (1 / alpha).norm()) < 1e-5
