@@ -3,13 +3,13 @@
 # CUDA extension, run the test suite (every (device, backend) pair, CUDA ones included, Triton
 # compiled for the GPU), a DDP run, a Triton settings sweep and the GPU benchmark.
 # Everything is logged to $OUT/gpu_check.log; benchmark outputs land in $OUT/bench/.
-#   usage (device tool): bash bench/gpu_check.sh            [phases: build tests ddp bench tune]
+#   usage (device tool): bash bench/gpu_check.sh            [phases: build tests multitask ddp bench tune]
 set -uo pipefail
 OUT=${OUT:-/tmp/gh_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 BENCH_ARGS=${BENCH_ARGS:-}
-PHASES=${*:-build tests ddp bench tune}
+PHASES=${*:-build tests multitask ddp bench tune}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # scripts under python/ and tools/ import the in-tree package
 exec > >(tee -a "$LOG") 2>&1
@@ -37,6 +37,11 @@ fi
 if has bench; then
   echo "== benchmark"
   timeout 420 python3 -m bench --device cuda --out "$OUT/bench" $BENCH_ARGS 2>&1 | grep -v "^  " | tail -80
+fi
+if has multitask; then
+  echo "== multi-task engine: tests (the K <= 8 kernels, no host sync per method) and the benchmark if torchjd is installed"
+  TRITON_INTERPRET=0 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_multitask_kernels.py tests/test_multitask_methods.py 2>&1 | tail -8
+  if python3 -c "import torchjd" 2>/dev/null; then timeout 300 python3 -m bench.multitask --quick --device cuda --out "$OUT/multitask"; else echo "torchjd not installed here: benchmark skipped"; fi
 fi
 if has tune; then
   echo "== Triton settings sweep"

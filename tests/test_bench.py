@@ -30,3 +30,25 @@ def test_interleaved_timing_flags_spread_and_pairs_ratios():
     calls = []
     samples = timing.interleaved({"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}, torch.device("cpu"), 0.001)
     assert len(samples["x"]) == len(samples["y"]) >= 5
+
+
+def test_multitask_bench_and_program_smoke(tmp_path):
+    """bench/multitask.py and python/multitask.py run end to end at their smallest size (no timing asserted)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("torchjd")
+    from bench import multitask
+
+    out = multitask.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "bench")])
+    text = open(os.path.join(out, "summary.md")).read()
+    assert "| resnet50 |" in text and "| vit_b16 |" in text and "| 3 | upgrad |" in text
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "python", "multitask.py"), "--methods", "sum", "upgrad",
+                           "nash-mtl", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path / "mtl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = open(tmp_path / "mtl" / "results.md").read()
+    assert "| upgrad |" in results and "| nash-mtl |" in results

@@ -199,3 +199,23 @@ def test_aggregate_writes_out_and_checks_before_writing(gen):
     with pytest.raises(ValueError, match="method 'mean' takes no options"):
         gh_kernels.aggregate(grads, "mean", out=grads[0], c=1)
     assert all(torch.equal(a, b) for a, b in zip(grads[0], before)), "a call that raises writes nothing"
+
+
+def test_no_host_sync_on_cuda(device, backend, gen):
+    """Every multi-task method and aggregate() run with torch.cuda.set_sync_debug_mode("error")."""
+    if device != "cuda":
+        pytest.skip("host synchronization is checked on CUDA (torch.cuda.set_sync_debug_mode)")
+    K = 5
+    grads = [[torch.randn(s, generator=gen).to(device) for s in (100_000, 33, 5000)] for _ in range(K)]
+    out = [torch.empty_like(t) for t in grads[0]]
+    stateful = [gh_kernels.GradVac(), gh_kernels.NashMTL()]
+    for method in METHODS + stateful:  # warm-up: kernels compiled, caches filled
+        gh_kernels.aggregate(grads, method, out=out, backend=backend)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for method in METHODS + stateful:
+            res = gh_kernels.aggregate(grads, method, out=out, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(res.weights).all()

@@ -14,7 +14,7 @@ from models import ToyDANN
 
 
 def sample_inputs(op, device, gen):
-    """Argument tuples for op ``op`` on ``device``: awkward sizes, a None hole, mixed dtypes, K = 1..4."""
+    """Argument tuples for op ``op`` on ``device``: awkward sizes, a None hole, mixed dtypes, K = 1..MAX_SETS (the wide Triton kernels included)."""
     sizes = [7, (3, 5), 1, 33, 0]
     cases = []
     if op == "gram":
@@ -38,7 +38,7 @@ def sample_inputs(op, device, gen):
             cases.append((out, g1 + g2, mask, "gh++", 0.3, 0.5, 2.0, accumulate))
     else:  # combine_
         for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False),
-                                     (2, torch.float64, False)):
+                                     (2, torch.float64, False), (MAX_SETS, torch.float32, True)):
             sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
             sets[0][1] = None
             out = on([make_set(sizes, dtype, gen)], device)[0]
