@@ -219,3 +219,21 @@ def test_no_host_sync_on_cuda(device, backend, gen):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(res.weights).all()
+
+
+def test_stateful_methods_survive_a_non_finite_step(gen):
+    K = 4
+    J = task_matrix(K, gen, 1e2, common=0.3)
+    G = J @ J.T
+    bad = G.clone()
+    bad[0, 1] = bad[1, 0] = float("inf")
+    for make in (gh_kernels.GradVac, gh_kernels.NashMTL):
+        clean, hit = make(), make()
+        clean.weights(G)
+        w_clean = clean.weights(1.5 * G)                  # steps: G, 1.5 G
+        hit.weights(G)
+        assert torch.equal(hit.weights(bad), torch.ones(K, dtype=G.dtype)), "a non-finite step: neutral weights"
+        w_hit = hit.weights(1.5 * G)                      # steps: G, bad, 1.5 G
+        assert torch.isfinite(w_hit).all()
+        # the bad step left the state alone: the same weights as without it
+        torch.testing.assert_close(w_hit, w_clean, rtol=1e-9, atol=0)

@@ -11,7 +11,8 @@ from typing import Callable, Union
 import torch
 
 from ..methods import METHOD_CODES, check_method
-from .methods import MULTITASK_METHODS, STATEFUL, check_options, solve
+from . import methods as _methods
+from .methods import STATEFUL, check_options, solve
 from .stateful import GradVac, NashMTL, StatefulMethod
 
 #: Largest K the enumerating solvers (UPGrad, DualProj, MGDA, CAGrad: 2^K small systems) accept;
@@ -19,6 +20,10 @@ from .stateful import GradVac, NashMTL, StatefulMethod
 MAX_TASKS = 12
 
 Method = Union[str, StatefulMethod]
+
+#: The multi-task methods' names (``gh_kernels.weights`` / ``aggregate`` / ``MultiTaskHarmonizer``);
+#: GradVac and NashMTL are objects (state across steps).
+MULTITASK_METHODS = tuple(_methods.MULTITASK_METHODS)
 
 
 def resolve_method(method: Method, K: int, options: dict, *, where: str = "method") -> Callable[[torch.Tensor], torch.Tensor]:

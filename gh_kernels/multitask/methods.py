@@ -48,11 +48,11 @@ reach the update, so ``GradScaler`` skips the step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .linalg import normalize, pinv_sym, regularize, symeig
+from .linalg import eye, normalize, pinv_sym, regularize, symeig
 from .solvers import cagrad_simplex, dual_cone_weights, min_norm_simplex
 
 #: Added to the trace-normalized G for MGDA and CAGrad: keeps every support's system solvable for a
@@ -100,7 +100,7 @@ def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.d
 def pcgrad(G, K, o, dt):
     order = visiting_order(K, o.get("generator"), G.device, others_only=False)
     rows = torch.arange(K, device=G.device)
-    C = torch.eye(K, dtype=G.dtype, device=G.device)   # projected g_i = sum_k C[i, k] g_k
+    C = eye(K, G.dtype, G.device)   # projected g_i = sum_k C[i, k] g_k
     diag = G.diagonal()
     for t in range(K):
         j = order[:, t]
@@ -108,7 +108,7 @@ def pcgrad(G, K, o, dt):
         gjj = diag[j]
         project = (ip < 0) & (j != rows) & (gjj > 0)
         step = torch.where(project, ip / torch.where(gjj > 0, gjj, torch.ones_like(gjj)), torch.zeros_like(ip))
-        C = C - step[:, None] * torch.nn.functional.one_hot(j, K).to(G.dtype)
+        C = C.index_put((rows, j), C[rows, j] - step)
     return C.sum(0)
 
 
@@ -176,21 +176,20 @@ def config(G, K, o, dt):
     return torch.where(direction_sq > 0, length / safe * coeff, torch.zeros_like(coeff))
 
 
-#: name -> (solver, allowed options, neutral weight for a non-finite G (None: pref_vector/1/K rules))
-Spec = Tuple[Callable, Tuple[str, ...], float]
-MULTITASK_METHODS: Dict[str, Spec] = {
-    "mean": (mean, (), 1.0),
-    "sum": (sum_, (), 1.0),
-    "pcgrad": (pcgrad, ("generator",), 1.0),
-    "mgda": (mgda, (), 1.0),
-    "cagrad": (cagrad, ("c", "norm_eps"), 1.0),
-    "imtl-g": (imtl_g, (), 1.0),
-    "aligned-mtl": (aligned_mtl, ("pref_vector", "scale_mode"), 1.0),
-    "upgrad": (upgrad, ("pref_vector", "norm_eps", "reg_eps"), 1.0),
-    "dualproj": (dualproj, ("pref_vector", "norm_eps", "reg_eps"), 1.0),
-    "config": (config, ("pref_vector",), 1.0),
+#: name -> (solver, the options it takes)
+MULTITASK_METHODS: Dict[str, Tuple[Callable, Tuple[str, ...]]] = {
+    "mean": (mean, ()),
+    "sum": (sum_, ()),
+    "pcgrad": (pcgrad, ("generator",)),
+    "mgda": (mgda, ()),
+    "cagrad": (cagrad, ("c", "norm_eps")),
+    "imtl-g": (imtl_g, ()),
+    "aligned-mtl": (aligned_mtl, ("pref_vector", "scale_mode")),
+    "upgrad": (upgrad, ("pref_vector", "norm_eps", "reg_eps")),
+    "dualproj": (dualproj, ("pref_vector", "norm_eps", "reg_eps")),
+    "config": (config, ("pref_vector",)),
 }
-#: Neutral weights (used for a non-finite G): the mean-type methods 1/K, the sum-type ones 1.
+#: Neutral weights (returned for a non-finite G) are ``pref_vector`` when given, else 1 for these, 1/K for the rest.
 _SUM_TYPE = {"sum", "pcgrad", "config"}
 STATEFUL = {"gradvac": "GradVac", "nash-mtl": "NashMTL"}
 
@@ -238,7 +237,7 @@ def solve(G: torch.Tensor, method: str, options: dict) -> torch.Tensor:
     fn = MULTITASK_METHODS[method][0]
     G64 = G.to(torch.float64)
     finite = torch.isfinite(G64).all()
-    G64 = torch.where(finite, 0.5 * (G64 + G64.T), torch.eye(K, dtype=torch.float64, device=G.device))
+    G64 = torch.where(finite, 0.5 * (G64 + G64.T), eye(K, torch.float64, G.device))
     w = fn(G64, K, options, G.dtype)
     neutral = _pref(options, K, G64, 1.0 if method in _SUM_TYPE else 1.0 / K)
     return torch.where(finite, w, neutral).to(G.dtype)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import argmin_candidates, solve_batch, subsets
+from .linalg import argmin_candidates, eye, solve_batch, subsets
 
 
 def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -27,8 +27,7 @@ def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """
     K = G.shape[-1]
     free = subsets(K, G.device)                                 # (S, K): True = free
-    eye = torch.eye(K, dtype=G.dtype, device=G.device)
-    M = torch.where(free[:, :, None], G[None], eye[None])        # rows: G_i for free i, e_i for active i
+    M = torch.where(free[:, :, None], G[None], eye(K, G.dtype, G.device)[None])        # rows: G_i for free i, e_i for active i
     rhs = torch.where(free[:, None, :], torch.zeros((), dtype=G.dtype, device=G.device), U[None])  # (S, B, K)
     V = solve_batch(M, rhs.transpose(1, 2)).transpose(1, 2)      # (S, B, K)
     V = torch.maximum(V, U[None])                                # feasible: v >= u
@@ -45,10 +44,9 @@ def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
     support = subsets(K, dev)[1:]                                # (S, K), nonempty
-    eye = torch.eye(K, dtype=dt, device=dev)
     S = support.shape[0]
     M = torch.zeros((S, K + 1, K + 1), dtype=dt, device=dev)
-    M[:, :K, :K] = torch.where(support[:, :, None], G[None], eye[None])
+    M[:, :K, :K] = torch.where(support[:, :, None], G[None], eye(K, dt, dev)[None])
     M[:, :K, K] = torch.where(support, -1.0, 0.0).to(dt)          # - lambda on support rows
     M[:, K, :K] = 1.0
     rhs = torch.zeros((S, K + 1, 1), dtype=dt, device=dev)
@@ -71,8 +69,7 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> to
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
     support = subsets(K, dev)[1:]
-    eye = torch.eye(K, dtype=dt, device=dev)
-    M = torch.where(support[:, :, None], G[None], eye[None])
+    M = torch.where(support[:, :, None], G[None], eye(K, dt, dev)[None])
     ones = torch.ones(K, dtype=dt, device=dev)
     zero = torch.zeros((), dtype=dt, device=dev)
     rhs = torch.stack((torch.where(support, ones, zero), torch.where(support, b, zero)), dim=-1)  # (S, K, 2)

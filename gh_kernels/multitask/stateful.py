@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from .linalg import eye
 from .methods import visiting_order
 
 
@@ -20,6 +21,15 @@ def _check_number(name: str, value, low: float, high: float = math.inf, integer:
     if not ok or isinstance(value, bool) or not (low <= value <= high):
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {kind} in [{low}, {high}]; got {value!r}")
+
+
+def _finite_or_identity(G: torch.Tensor):
+    """(G in float64, or the identity when G has a non-finite entry; whether G was finite) -- on the device.
+    A non-finite step (AMP overflow) returns neutral weights and leaves the state as it was; the
+    non-finite gradients still reach the update, so GradScaler skips the step."""
+    G64 = G.to(torch.float64)
+    finite = torch.isfinite(G64).all()
+    return torch.where(finite, G64, eye(G.shape[0], torch.float64, G.device)), finite
 
 
 class StatefulMethod:
@@ -61,12 +71,12 @@ class GradVac(StatefulMethod):
 
     def weights(self, G: torch.Tensor) -> torch.Tensor:
         K = G.shape[0]
-        G64 = G.to(torch.float64)
+        G64, finite = _finite_or_identity(G)
         if self.phi_hat is None or self.phi_hat.shape != (K, K) or self.phi_hat.device != G.device:
             self.phi_hat = torch.zeros((K, K), dtype=torch.float64, device=G.device)
         order = visiting_order(K, self.generator, G.device, others_only=True)
         rows = torch.arange(K, device=G.device)
-        C = torch.eye(K, dtype=torch.float64, device=G.device)
+        C = eye(K, torch.float64, G.device)
         phi_hat = self.phi_hat
         norm_j_all = G64.diagonal().clamp_min(0.0).sqrt()
         beta, eps = self.beta, self.eps
@@ -81,10 +91,10 @@ class GradVac(StatefulMethod):
             s_phi = (1.0 - phi * phi).clamp_min(0.0).sqrt()
             s_hat = (1.0 - hat * hat).clamp_min(0.0).sqrt()
             w = norm_i * (hat * s_phi - phi * s_hat) / (norm_j * s_hat + eps)
-            C = C + torch.where(phi < hat, w, torch.zeros_like(w))[:, None] * torch.nn.functional.one_hot(j, K).to(C.dtype)
+            C = C.index_put((rows, j), C[rows, j] + torch.where(phi < hat, w, torch.zeros_like(w)))
             phi_hat = phi_hat.index_put((rows, j), (1.0 - beta) * hat + beta * phi)
-        self.phi_hat = phi_hat
-        return C.sum(0).to(G.dtype)
+        self.phi_hat = torch.where(finite, phi_hat, self.phi_hat)  # a non-finite step leaves the state alone
+        return torch.where(finite, C.sum(0), torch.ones_like(C[0])).to(G.dtype)
 
 
 class NashMTL(StatefulMethod):
@@ -139,19 +149,20 @@ class NashMTL(StatefulMethod):
 
     def weights(self, G: torch.Tensor) -> torch.Tensor:
         K = G.shape[0]
-        G64 = G.to(torch.float64)
+        G64, finite = _finite_or_identity(G)
         if self.alpha is not None and (self.alpha.shape != (K,) or self.alpha.device != G.device):
             self.reset()
         if self.step % self.update_weights_every == 0:
             fro = G64.norm()
-            Gn = G64 / torch.where(fro > 0, fro, torch.ones_like(fro)) + self.reg_eps * torch.eye(K, dtype=torch.float64, device=G.device)
+            Gn = G64 / torch.where(fro > 0, fro, torch.ones_like(fro)) + self.reg_eps * eye(K, torch.float64, G.device)
             start = self.alpha if self.alpha is not None else Gn.diagonal().clamp_min(1e-12).rsqrt()
             alpha = self._solve(Gn, start)
             ok = torch.isfinite(alpha).all() & (alpha > 0).all()
-            self.alpha = torch.where(ok, alpha, Gn.diagonal().clamp_min(1e-12).rsqrt())
+            alpha = torch.where(ok, alpha, Gn.diagonal().clamp_min(1e-12).rsqrt())
+            self.alpha = alpha if self.alpha is None else torch.where(finite, alpha, self.alpha)  # non-finite step: keep the state
         self.step += 1
         alpha = self.alpha
         if self.max_norm > 0:
             norm = (alpha @ G64 @ alpha).clamp_min(0.0).sqrt()
             alpha = torch.where(norm > self.max_norm, alpha / norm * self.max_norm, alpha)
-        return alpha.to(G.dtype)
+        return torch.where(finite, alpha, torch.ones_like(alpha)).to(G.dtype)
