@@ -98,6 +98,7 @@ def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.d
 
 
 def pcgrad(G, K, o, dt):
+    """PCGrad: Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1."""
     order = visiting_order(K, o.get("generator"), G.device, others_only=False)
     rows = torch.arange(K, device=G.device)
     C = eye(K, G.dtype, G.device)   # projected g_i = sum_k C[i, k] g_k
@@ -113,10 +114,12 @@ def pcgrad(G, K, o, dt):
 
 
 def mgda(G, K, o, dt):
+    """MGDA: Desideri, C. R. Math. 2012; Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018."""
     return min_norm_simplex(regularize(normalize(G, _TINY), MIN_NORM_REG))  # all-zero G: 1/K
 
 
 def cagrad(G, K, o, dt):
+    """CAGrad: Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021, Alg. 1 (torchjd's weights)."""
     c, norm_eps = float(o.get("c", 0.4)), float(o.get("norm_eps", 1e-4))
     Gn = normalize(G, norm_eps)
     b = Gn.sum(1) / K                                    # J g0 with g0 the mean gradient
@@ -130,12 +133,14 @@ def cagrad(G, K, o, dt):
 
 
 def imtl_g(G, K, o, dt):
+    """IMTL-G: Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; torchjd's pinv generalization."""
     v = pinv_sym(G, _eps(dt)) @ G.diagonal().clamp_min(0.0).sqrt()
     s = v.sum()
     return torch.where(s.abs() < 1e-12, torch.zeros_like(v), v / torch.where(s.abs() < 1e-12, torch.ones_like(s), s))
 
 
 def aligned_mtl(G, K, o, dt):
+    """Aligned-MTL: Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023, Alg. 1."""
     mode = o.get("scale_mode", "min")
     evals, V = symeig(G)
     keep = evals > evals.max() * K * _eps(dt)
@@ -154,17 +159,20 @@ def aligned_mtl(G, K, o, dt):
 
 
 def upgrad(G, K, o, dt):
+    """UPGrad: Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232 (2024)."""
     Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
     p = _pref(o, K, G, 1.0 / K)
     return dual_cone_weights(Gr, torch.diag(p)).sum(0)
 
 
 def dualproj(G, K, o, dt):
+    """DualProj: Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, eq. 11."""
     Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
     return dual_cone_weights(Gr, _pref(o, K, G, 1.0 / K)[None])[0]
 
 
 def config(G, K, o, dt):
+    """ConFIG: Liu et al., "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks", ICLR 2025, eq. 2."""
     norms = G.diagonal().clamp_min(0.0).sqrt()
     inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     Gu = G * inv_norm[:, None] * inv_norm[None, :]      # Gram of the unit gradients U = D^-1 J
