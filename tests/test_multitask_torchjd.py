@@ -1,10 +1,10 @@
 """The multi-task methods against torchjd 0.18 (a test-only dependency) on the same matrices, K = 2..8,
 cond(G) up to 1e4: the same update within 5e-3 relative (the issue's target). Float64 matrices are
-compared tightly (both sides exact up to the solvers' tolerances); for a float32 matrix, our update
-from the fused kernel's float32 Gram is compared with torchjd's in float64 on that same matrix (its
-exact answer), within 5e-3 or twice torchjd's own float32 error on it, whichever is larger (IMTL-G
-and Aligned-MTL invert G: at cond 1e4 float32 rounding alone moves both libraries' updates by up to
-~1e-2).
+compared tightly (both sides exact up to the solvers' tolerances). For float32 gradients, both
+libraries get the same rounded matrix: the fused kernel's float32 Gram, which torchjd's weighting
+solves in float64 (ConFIG, which torchjd computes from J, gets the float32 J), within 5e-3. How far
+float32 rounding of G moves an update is the method's conditioning, common to both libraries: at
+cond 1e4, IMTL-G and Aligned-MTL updates move by up to ~3e-2 in torchjd's own float32 runs.
 
 Documented differences: torchjd's MGDA is Frank-Wolfe stopped at eps 1e-3, so it may stop short of the
 min-norm point; we check ours is never longer than torchjd's and equals an exact solve (in
@@ -29,14 +29,16 @@ CONDS = (1.0, 30.0, 1e3, 1e4)
 TOL = 5e-3
 
 
+def torchjd_weighting(method):
+    return {"mean": A.MeanWeighting(), "sum": A.SumWeighting(), "cagrad": A.CAGradWeighting(c=0.4),
+            "imtl-g": A.IMTLGWeighting(), "aligned-mtl": A.AlignedMTLWeighting(), "upgrad": A.UPGradWeighting(),
+            "dualproj": A.DualProjWeighting(), "mgda": A.MGDAWeighting()}[method]
+
+
 def torchjd_update(method, J):
-    G = J @ J.T
-    weighting = {"mean": A.MeanWeighting(), "sum": A.SumWeighting(), "cagrad": A.CAGradWeighting(c=0.4),
-                 "imtl-g": A.IMTLGWeighting(), "aligned-mtl": A.AlignedMTLWeighting(), "upgrad": A.UPGradWeighting(),
-                 "dualproj": A.DualProjWeighting(), "mgda": A.MGDAWeighting()}
     if method == "config":
         return A.ConFIG()(J)
-    return weighting[method](G) @ J
+    return torchjd_weighting(method)(J @ J.T) @ J
 
 
 def matrices(K, gen):
@@ -53,11 +55,14 @@ def test_same_update_as_torchjd(method, K, gen):
         G = J @ J.T
         ours64 = gh_kernels.weights(G, method) @ J
         assert rel(ours64, ref) < (2e-3 if method == "cagrad" else 1e-8), (method, K, cond, rel(ours64, ref))
-        J32 = J.float()  # a float32 matrix: our float32 Gram (the fused kernel) vs torchjd in float64 on it
-        ref32 = torchjd_update(method, J32.double())
-        ours32 = gh_kernels.weights(gh_kernels.gram([[row] for row in J32]), method).double() @ J32.double()
-        theirs32 = torchjd_update(method, J32).double()  # torchjd's own float32 run: its rounding error on this matrix
-        assert rel(ours32, ref32) < max(TOL, 2 * rel(theirs32, ref32)), (method, K, cond, rel(ours32, ref32), rel(theirs32, ref32))
+        # float32: the fused kernel's float32 Gram G32 of a float32 matrix; torchjd's weighting (in float64)
+        # on that same G32, so both see the same rounded matrix (ConFIG: torchjd takes J32 itself)
+        J32 = J.float()
+        G32 = gh_kernels.gram([[row] for row in J32])
+        J64 = J32.double()
+        ref32 = A.ConFIG()(J64) if method == "config" else torchjd_weighting(method)(G32.double()) @ J64
+        ours32 = gh_kernels.weights(G32, method).double() @ J64
+        assert rel(ours32, ref32) < TOL, (method, K, cond, rel(ours32, ref32))
 
 
 @pytest.mark.parametrize("K", KS)
