@@ -81,35 +81,49 @@ def fused_step(plan: StepPlan, g1, g2, prev, wrapped, scale1, scale2):
 
 
 def grouped_write(plan: StepPlan, g1, g2, prev, wrapped, w, scale1, scale2, device) -> None:
-    """Combine, grouped by (weights, accumulate) so each group is one fused call; write into .grad."""
+    """Harmonizer's grouped write: :func:`write_sets` with the two sets, (w1 scale1, w2 scale2) for the
+    harmonized parameters and (scale1, scale2) for surgery's plain ones."""
     wrap_prev, wrap1, wrap2 = wrapped
     harmonized = w if scale1 == 1.0 and scale2 == 1.0 else torch.stack((w[0] * scale1, w[1] * scale2))
-    defer_previous = plan.sync == "local"  # combine fresh gradients, average, then add to what .grad held
+    one = torch.ones((), dtype=torch.float32, device=device)
+    plain = torch.stack((one * scale1, one * scale2))  # built on the device: no host copy
+    shared = [g2[i] is not None for i in range(len(plan.params))] if plan.is_shared is None else plan.is_shared
+    write_sets(plan.params, [g1, g2], [wrap1, wrap2], prev, wrap_prev, shared, plan.mode == "surgery", harmonized, plain,
+               plan.sync, plan.process_group, plan.backend, device)
+
+
+def write_sets(params, sets, wrapped, prev, wrap_prev, shared, surgery: bool, weights, plain_weights, sync,
+               process_group, backend, device) -> None:
+    """Combine K gradient sets into ``.grad``, grouped by (weights, accumulate) so each group is one fused
+    call. ``weights`` for the harmonized parameters; ``plain_weights`` for the parameters outside
+    ``shared`` in surgery mode. A parameter with an earlier ``.grad`` (``prev``) is added to it in place;
+    one without is written in place into its last present fresh gradient. ``wrapped``/``wrap_prev``:
+    what goes into ``.grad`` (DTensors stay DTensors). ``sync="local"``: the fresh results are averaged
+    over the ranks before the earlier ``.grad`` is added."""
+    K = len(sets)
+    defer_previous = sync == "local"
     groups, results = {}, {}
-    for i, p in enumerate(plan.params):
-        if g1[i] is None and g2[i] is None:
+    for i, p in enumerate(params):
+        present = [k for k in range(K) if sets[k][i] is not None]
+        if not present:
             p.grad = wrap_prev[i]
             continue
-        shared = g2[i] is not None if plan.is_shared is None else plan.is_shared[i]
-        use_plain = plan.mode == "surgery" and not shared
+        use_plain = surgery and not shared[i]
         if prev[i] is not None and not defer_previous:
             out, acc, target = prev[i], True, wrap_prev[i]
-        else:  # in place into a gradient we own
-            out, acc, target = (g2[i], False, wrap2[i]) if g2[i] is not None else (g1[i], False, wrap1[i])
+        else:  # in place into a fresh gradient we own
+            k = present[-1]
+            out, acc, target = sets[k][i], False, wrapped[k][i]
         groups.setdefault((use_plain, acc), []).append((i, out))
         results[i] = (out, target)
     for (use_plain, acc), members in groups.items():
-        weights = harmonized
-        if use_plain:  # (scale1, scale2) built on the device: no host copy
-            one = torch.ones((), dtype=torch.float32, device=device)
-            weights = torch.stack((one * scale1, one * scale2))
         idx = [i for i, _ in members]
-        _dispatch.combine(weights, [[g1[i] for i in idx], [g2[i] for i in idx]], device,
-                                    [o for _, o in members], acc, plan.backend)
+        _dispatch.combine(plain_weights if use_plain else weights, [[s[i] for i in idx] for s in sets], device,
+                          [o for _, o in members], acc, backend)
     if defer_previous:
-        distributed.all_reduce_mean_([o for o, _ in results.values()], plan.process_group)
+        distributed.all_reduce_mean_([o for o, _ in results.values()], process_group)
     for i, (out, target) in results.items():
         if defer_previous and prev[i] is not None:
             prev[i].add_(out)
             target = wrap_prev[i]
-        plan.params[i].grad = target
+        params[i].grad = target

@@ -14,6 +14,19 @@ from .methods import check_method
 MODES = ("reweight", "surgery")
 
 
+def backward_pass(params: List[torch.Tensor], loss: torch.Tensor, retain_graph: bool) -> List[Optional[torch.Tensor]]:
+    """One loss's gradients: ``.grad`` cleared, ``loss.backward()``, the new ``.grad`` of every parameter
+    (the caller restores ``.grad`` if a later step fails). A DDP reducer error gets an explanation."""
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward(retain_graph=retain_graph)
+    except RuntimeError as e:
+        checks.explain_ddp_reducer_error(e)
+        raise
+    return [p.grad for p in params]
+
+
 class HarmonizeResult(NamedTuple):
     """What one ``Harmonizer.backward`` computed, as device tensors (log them without a sync)."""
 
@@ -130,14 +143,7 @@ class Harmonizer:
             self._graph_checked = True
 
     def _backward_pass(self, loss, retain_graph) -> List[Optional[torch.Tensor]]:
-        for p in self.params:
-            p.grad = None
-        try:
-            loss.backward(retain_graph=retain_graph)
-        except RuntimeError as e:
-            checks.explain_ddp_reducer_error(e)
-            raise
-        return [p.grad for p in self.params]
+        return backward_pass(self.params, loss, retain_graph)
 
     def _gram(self, g1, g2, device) -> torch.Tensor:
         index = self.shared_index if self.shared_index is not None else [i for i, t in enumerate(g2) if t is not None]

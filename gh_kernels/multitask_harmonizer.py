@@ -15,8 +15,10 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence
 import torch
 
 from . import _dispatch, _graph, distributed
+from ._write import write_sets
 from . import _step_checks as checks
 from ._validate import check_sets
+from .harmonizer import backward_pass
 from .multitask import Method, resolve_method
 
 MODES = ("reweight", "surgery")
@@ -93,7 +95,7 @@ class MultiTaskHarmonizer:
         compute = resolve_method(self.method, len(losses), dict(self.options), where="method")
         previous = [p.grad for p in self.params]
         try:
-            wrapped = [self._backward_pass(loss, retain_graph=retain_graph or k < len(losses) - 1)
+            wrapped = [backward_pass(self.params, loss, retain_graph or k < len(losses) - 1)
                        for k, loss in enumerate(losses)]
             sets = [[distributed.local(t) for t in s] for s in wrapped]
             prev = [distributed.local(t) for t in previous]
@@ -129,16 +131,6 @@ class MultiTaskHarmonizer:
             self._graph_checked = True
         return list(losses)
 
-    def _backward_pass(self, loss, retain_graph) -> List[Optional[torch.Tensor]]:
-        for p in self.params:
-            p.grad = None
-        try:
-            loss.backward(retain_graph=retain_graph)
-        except RuntimeError as e:
-            checks.explain_ddp_reducer_error(e)
-            raise
-        return [p.grad for p in self.params]
-
     def _check_grads(self, sets) -> torch.device:
         if all(t is None for s in sets for t in s):
             return self.device
@@ -163,33 +155,7 @@ class MultiTaskHarmonizer:
         return G
 
     def _write(self, sets, wrapped, prev, previous, shared, w, device) -> None:
-        """Combine grouped by (weights, accumulate): each group is one fused call; then set .grad."""
-        K = len(sets)
-        w32 = w if w.dtype == torch.float64 else w.to(torch.float32)
-        ones = torch.ones(K, dtype=w32.dtype, device=device)
-        defer_previous = self.sync == "local"  # combine fresh gradients, average, then add what .grad held
-        groups, results = {}, {}
-        for i, p in enumerate(self.params):
-            present = [k for k in range(K) if sets[k][i] is not None]
-            if not present:
-                p.grad = previous[i]
-                continue
-            plain = self.mode == "surgery" and not shared[i]
-            if prev[i] is not None and not defer_previous:
-                out, acc, target = prev[i], True, previous[i]
-            else:  # in place into a fresh gradient we own
-                k = present[-1]
-                out, acc, target = sets[k][i], False, wrapped[k][i]
-            groups.setdefault((plain, acc), []).append((i, out))
-            results[i] = (out, target)
-        for (plain, acc), members in groups.items():
-            idx = [i for i, _ in members]
-            _dispatch.combine(ones if plain else w32, [[s[i] for i in idx] for s in sets], device,
-                              [o for _, o in members], acc, self.backend)
-        if defer_previous:
-            distributed.all_reduce_mean_([o for o, _ in results.values()], self.process_group)
-        for i, (out, target) in results.items():
-            if defer_previous and prev[i] is not None:
-                prev[i].add_(out)
-                target = previous[i]
-            self.params[i].grad = target
+        """One combine per group of parameters (weights or plain sum, accumulate or not) into ``.grad``."""
+        w = w if w.dtype == torch.float64 else w.to(torch.float32)
+        write_sets(self.params, sets, wrapped, prev, previous, shared, self.mode == "surgery", w,
+                   torch.ones_like(w), self.sync, self.process_group, self.backend, device)

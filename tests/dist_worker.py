@@ -50,14 +50,20 @@ def close(a, b):
     return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def reporter(init_file, rank):
+    """``report(name, ok, why)``: one 'RESULT <rank> <name> ok|FAIL <why>' line in this rank's own file
+    (lines printed by two processes to one pipe can interleave)."""
+    def report(name, ok, why=""):
+        with open(f"{init_file}.rank{rank}", "a") as f:
+            f.write(f"RESULT {rank} {name} {'ok' if ok else 'FAIL ' + why}\n")
+    return report
+
+
 def worker(rank, world, init_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def report(name, ok, why=""):
-        # one file per rank: lines printed by two processes to one pipe can interleave
-        with open(f"{init_file}.rank{rank}", "a") as f:
-            f.write(f"RESULT {rank} {name} {'ok' if ok else 'FAIL ' + why}\n")
+    report = reporter(init_file, rank)
 
     b = batch(0)
     for method in ("gh", "gh++"):

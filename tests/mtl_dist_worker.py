@@ -13,7 +13,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gh_kernels  # noqa: E402
-from dist_worker import launch  # noqa: E402
+from dist_worker import close, launch, reporter  # noqa: E402
 
 K = 3
 
@@ -51,17 +51,11 @@ def reference(b, method, steps=1):
     return res.weights, [p.grad.clone() for p in net.parameters()]
 
 
-def close(a, b):
-    return torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
 def worker(rank, world, init_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    def report(name, ok, why=""):
-        with open(f"{init_file}.rank{rank}", "a") as f:
-            f.write(f"RESULT {rank} {name} {'ok' if ok else 'FAIL ' + why}\n")
+    report = reporter(init_file, rank)
 
     b = batch()
     for method in ("upgrad", "mgda"):
