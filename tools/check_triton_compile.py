@@ -14,6 +14,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
+from gh_kernels.backends.triton import wide as triton_wide  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
@@ -54,9 +55,16 @@ def main():
             print(f"combine       {dtype:8s} K=2 accumulate={acc!s:5s}: {lv} 16-byte loads, {sv} 16-byte stores")
             if lv < 2 or sv < 1:
                 failures.append(f"combine {dtype} accumulate={acc}: no 16-byte vectors")
+        for K in (5, 8):  # the wide kernels (K > 4): they must compile for the GPU; not tuned there
+            wsig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp64", "slot_base": "i64", "K": "constexpr", "BLOCK": "constexpr"}
+            compile_kernel(triton_wide.gram_wide_kernel, wsig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK}, (0, 1, 2))
+            csig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32", "K": "constexpr",
+                    "BLOCK": "constexpr", "ACCUMULATE": "constexpr"}
+            compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True}, (0, 1, 2))
+        print(f"gram_wide / combine_wide {dtype:8s} K=5, 8 compile")
     for g in ("*fp32", "*fp64"):
         compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp64", "G": g, "items": "i64",
-                                                           "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 2, "RBLOCK": 64})
+                                                           "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 8, "RBLOCK": 64})
     for method in range(4):
         compile_kernel(triton_weights._weights_kernel, {"G": "*fp32", "W": "*fp32", "kappa": "fp32",
                                                         "METHOD": "constexpr", "MIN_SIN": "constexpr"},

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
-from .common import COL_LENGTH, COL_OUT, COL_PRESENT, COL_START, ROW
+from .common import COL_LENGTH, COL_OUT, COL_PRESENT, COL_START, ROW, load_acc
 
 #: The narrow kernels serve up to this many sets; the wide kernels the rest (to MAX_SETS).
 NARROW_SETS = 4
@@ -32,12 +32,7 @@ def _tile(base, offk, has, offs, limit, MASKED: tl.constexpr):
     m = has[:, None]
     if MASKED:
         m = m & (offs[None, :] < limit)
-    x = tl.load(base + offk[:, None] + offs[None, :], mask=m, other=0.0)
-    if base.dtype.element_ty == tl.float64:
-        y = x.to(tl.float64)
-    else:
-        y = x.to(tl.float32)
-    return y
+    return load_acc(base + offk[:, None], offs[None, :], m, True)  # always masked: absent sets are not read
 
 
 @triton.jit
