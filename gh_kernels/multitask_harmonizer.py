@@ -122,6 +122,10 @@ class MultiTaskHarmonizer:
             raise ValueError(f"losses holds {len(losses)} loss(es); a multi-task step needs at least 2 "
                              "(with one loss, call loss.backward())")
         if not self._graph_checked:
+            if self.is_shared is None and any(_graph.from_compiled_graph(loss) for loss in losses):
+                raise ValueError("the losses come from a torch.compile'd model: its backward gives every parameter of the "
+                                 "compiled region a gradient (zeros included), so the default shared (the parameters at "
+                                 "least two losses reach) would take in every task head. Pass shared= explicitly (the trunk)")
             position = {id(p) for p in self.params}
             for k, loss in enumerate(losses):
                 for key, leaf in _graph.reached_parameters(loss).items():
