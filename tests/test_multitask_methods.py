@@ -237,3 +237,23 @@ def test_stateful_methods_survive_a_non_finite_step(gen):
         assert torch.isfinite(w_hit).all()
         # the bad step left the state alone: the same weights as without it
         torch.testing.assert_close(w_hit, w_clean, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_aggregate_every_dtype_against_float64(device, backend, dtype, gen):
+    """aggregate() end to end (fused Gram, solve, fused combine) against the float64 pipeline on the same
+    rounded inputs: the Gram within twice plain torch's error, the update within the dtype's rounding."""
+    from helpers import assert_field_error, plain_torch_gram
+    K, sizes = 5, [3, 129, (7, 9), 1]
+    grads = [[(torch.randn(s if isinstance(s, tuple) else (s,), generator=gen) + 0.3).to(dtype).to(device) for s in sizes]
+             for _ in range(K)]
+    J = torch.stack([torch.cat([t.double().flatten().cpu() for t in s]) for s in grads])
+    res = gh_kernels.aggregate(grads, "upgrad", backend=backend)
+    assert res.gram.dtype == res.weights.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    floor = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-3) * (J @ J.T).abs().max().item()
+    assert_field_error(res.gram, J @ J.T, plain_torch_gram(grads, dtype), floor, f"gram {dtype}")
+    w_ref = gh_kernels.weights(J @ J.T, "upgrad")
+    torch.testing.assert_close(res.weights.double().cpu(), w_ref, rtol=1e-4 if dtype != torch.float64 else 1e-10, atol=1e-6)
+    got = torch.cat([o.double().flatten().cpu() for o in res.out])
+    eps = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got, res.weights.double().cpu() @ J, rtol=eps, atol=eps * J.abs().max().item())

@@ -86,6 +86,18 @@ def _round_robin(n: int) -> List[Tuple[List[int], List[int]]]:
     return rounds
 
 
+_rounds_cache: dict = {}
+
+
+def _rounds_on(n: int, device: torch.device):
+    """:func:`_round_robin`'s index lists as tensors on ``device``, copied there once per (n, device)."""
+    key = (n, str(device))
+    if key not in _rounds_cache:
+        _rounds_cache[key] = [(torch.tensor(p, device=device), torch.tensor(q, device=device))
+                              for p, q in _round_robin(n)] if n > 1 else []
+    return _rounds_cache[key]
+
+
 def jacobi_eigh(A: torch.Tensor, sweeps: int = JACOBI_SWEEPS) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors (columns) of a symmetric K x K matrix.
 
@@ -99,7 +111,7 @@ def jacobi_eigh(A: torch.Tensor, sweeps: int = JACOBI_SWEEPS) -> Tuple[torch.Ten
         A = torch.nn.functional.pad(A, (0, 1, 0, 1))
     identity = eye(n, A.dtype, A.device)
     V = identity
-    rounds = [(torch.tensor(p, device=A.device), torch.tensor(q, device=A.device)) for p, q in _round_robin(n)] if n > 1 else []
+    rounds = _rounds_on(n, A.device)
     for _ in range(sweeps):
         for p, q in rounds:
             app, aqq, apq = A[p, p], A[q, q], A[p, q]

@@ -80,13 +80,17 @@ def sum_(G, K, o, dt):
     return torch.ones(K, dtype=G.dtype, device=G.device)
 
 
+_orders: dict = {}
+
+
 def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.device, others_only: bool) -> torch.Tensor:
     """(K, K) (or (K, K-1) with ``others_only``) order in which task i visits the tasks j."""
-    if generator is None:
-        order = torch.arange(K, device=device).expand(K, K)
-        if others_only:
-            order = torch.stack([torch.cat((order[i, :i], order[i, i + 1:])) for i in range(K)]) if K > 1 else order[:, :0]
-        return order
+    if generator is None:  # built once per (K, device, others_only)
+        key = (K, str(device), others_only)
+        if key not in _orders:
+            rows = [[j for j in range(K) if j != i] if others_only else list(range(K)) for i in range(K)]
+            _orders[key] = torch.tensor(rows, dtype=torch.int64, device=device).reshape(K, K - 1 if others_only else K)
+        return _orders[key]
     rows = []
     for i in range(K):  # as torchjd draws them: randperm(K) for PCGrad, randperm(K - 1) over the others for GradVac
         if others_only:
@@ -239,6 +243,7 @@ def check_options(method: str, options: dict, K: int) -> None:
                              f"{p.dtype} of shape {tuple(p.shape)}")
 
 
+@torch.no_grad()  # the weights are not differentiated (as in torchjd); no graph is recorded
 def solve(G: torch.Tensor, method: str, options: dict) -> torch.Tensor:
     """Weights of a checked ``method``/``options`` for a validated K x K Gram ``G`` (K >= 2), in G's dtype."""
     K = G.shape[0]

@@ -69,6 +69,7 @@ class GradVac(StatefulMethod):
     def reset(self) -> None:
         self.phi_hat = None
 
+    @torch.no_grad()
     def weights(self, G: torch.Tensor) -> torch.Tensor:
         K = G.shape[0]
         G64, finite = _finite_or_identity(G)
@@ -147,6 +148,7 @@ class NashMTL(StatefulMethod):
             alpha = trial[f.argmin()]  # the best point on the grid (step 0 keeps alpha): f never increases
         return alpha
 
+    @torch.no_grad()
     def weights(self, G: torch.Tensor) -> torch.Tensor:
         K = G.shape[0]
         G64, finite = _finite_or_identity(G)
