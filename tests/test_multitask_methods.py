@@ -257,3 +257,14 @@ def test_aggregate_every_dtype_against_float64(device, backend, dtype, gen):
     got = torch.cat([o.double().flatten().cpu() for o in res.out])
     eps = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(got, res.weights.double().cpu() @ J, rtol=eps, atol=eps * J.abs().max().item())
+
+
+def test_tiny_gradients_are_not_zeroed(gen):
+    """trace(G) below norm_eps (1e-4): UPGrad/DualProj fall back to the preference vector and CAGrad to the
+    mean (torchjd zeroes CAGrad's weights there, which would stop training silently); never zero weights."""
+    J = 1e-3 * task_matrix(3, gen, 10.0)
+    G = J @ J.T
+    assert G.trace() < 1e-4
+    for method in ("upgrad", "dualproj", "cagrad"):
+        torch.testing.assert_close(gh_kernels.weights(G, method), torch.full((3,), 1 / 3, dtype=G.dtype))
+    assert (gh_kernels.weights(G, "mgda") @ J).norm() > 0

@@ -20,7 +20,10 @@ and the tests compare with torchjd on the same matrices (tests/test_multitask_to
 ``"cagrad"``        Liu et al., "Conflict-Averse Gradient Descent", NeurIPS 2021, Alg. 1 with option
                     ``c`` (default 0.4): ``w* = argmin_{w in simplex} w^T G_n 1/K + c ||g0|| ||J^T w||``
                     on the trace-normalized G_n, weights ``1/K + c ||g0|| / ||J^T w*|| w*`` (torchjd:
-                    no ``1/(1+c)`` rescale; zero weights when ``||J^T w*|| < norm_eps``).
+                    no ``1/(1+c)`` rescale; zero weights when ``||J^T w*|| < norm_eps``). One
+                    departure: when trace(G) < norm_eps (all gradients tiny, not zero) torchjd
+                    zeroes G and returns zero weights, which would stop training silently; we
+                    return 1/K (the mean gradient: CAGrad with a vanishing ball).
 ``"imtl-g"``        Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021 (gradient part), in
                     torchjd's generalized form: ``v = pinv(G) sqrt(diag G)``, ``w = v / sum v`` (zeros
                     when ``|sum v| < 1e-12``).
