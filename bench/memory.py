@@ -1,4 +1,5 @@
-"""Peak resident memory of the current process on Linux, resettable (``/proc/self/clear_refs``).
+"""Peak memory of one call: resident memory of the current process on Linux, resettable
+(``/proc/self/clear_refs``), and the CUDA allocator's peak.
 
 ``ru_maxrss`` is useless in a subprocess started from a large parent (it is kept across exec), so
 the peak is read from ``VmHWM`` after resetting it to the current RSS.
@@ -22,3 +23,15 @@ def reset_peak() -> float:
 
 def peak_mb() -> float:
     return _status("VmHWM")
+
+
+def gpu_extra_mb(fn, device) -> float:
+    """MB the CUDA allocator held at its peak during one call of ``fn`` above what it held before."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20

@@ -16,6 +16,7 @@ import torch
 
 
 from . import registry, shapes, timing
+from .memory import gpu_extra_mb
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -74,15 +75,6 @@ def copy_bandwidth(device: torch.device, n: int, min_time: float) -> float:
     dst = torch.empty_like(src)
     t = time_it(lambda: dst.copy_(src), device, min_time)["median_ms"]
     return 2 * n * 4 / (t * 1e-3) / 1e9
-
-
-def gpu_extra_memory(fn, device) -> float:
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def cpu_extra_memory(case: str, n: int, dtype: str, impl: str) -> Optional[float]:
@@ -151,7 +143,7 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
                         row[f"speedup_vs_{base}"] = timing.paired_speedup(samples[base], s_)
                 if memory and memory_wanted(case, n, dname, device):
                     if device.type == "cuda":
-                        row["extra_mem_mb"] = gpu_extra_memory(fns[name], device)
+                        row["extra_mem_mb"] = gpu_extra_mb(fns[name], device)
                     elif name != "torch_compile":
                         row["extra_mem_mb"] = cpu_extra_memory(case, n_req, dname, name)
                 case_rows.append(row)

@@ -77,16 +77,11 @@ def providers(method: str, sets, out):
 
 
 def extra_memory_mb(fn, device) -> float:
-    """Peak memory of one call above what is held before it."""
+    """Peak memory of one call above what is held before it (after a warm-up call: first-use
+    allocations -- thread pools, caches -- are not the call's working memory)."""
+    fn()
     if device.type == "cuda":
-        fn()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    fn()  # warm-up: first-use allocations (thread pools, caches) are not the call's working memory
+        return memory.gpu_extra_mb(fn, device)
     base = memory.reset_peak()
     fn()
     return memory.peak_mb() - base

@@ -51,6 +51,34 @@ def check_sync(sync: Optional[str]) -> None:
         distributed.require_initialized()
 
 
+def shared_index(params: Sequence[torch.Tensor], shared) -> Optional[List[int]]:
+    """Positions in ``params`` of the ``shared`` parameters (first occurrence order, no duplicates), or
+    None for ``shared=None``; a parameter outside ``params`` or an empty ``shared`` raises naming it."""
+    if shared is None:
+        return None
+    position = {id(p): i for i, p in enumerate(params)}
+    index: List[int] = []
+    for j, p in enumerate(shared):
+        if id(p) not in position:
+            raise ValueError(f"shared[{j}] is not in params: shared must be a subset of params")
+        if position[id(p)] not in index:
+            index.append(position[id(p)])
+    if not index:
+        raise ValueError("shared is empty: pass the parameters the Gram matrix is computed over")
+    return index
+
+
+def outside_params(reached: Sequence[dict], params: Sequence[torch.Tensor]):
+    """(k, leaf) for the first parameter that loss k reaches (``reached[k]``: ``_graph.reached_parameters``)
+    and that is not in ``params``, or None."""
+    position = {id(p) for p in params}
+    for k, found in enumerate(reached):
+        for key, leaf in found.items():
+            if key not in position:
+                return k, leaf
+    return None
+
+
 def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch.Tensor],
                 shared_index: Optional[List[int]]) -> None:
     """Parameters the losses reach must be in ``params``; warn when ``shared`` holds loss-1-only ones."""
@@ -60,14 +88,13 @@ def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch
             "gradient (zeros included), so the default shared (the parameters loss2 reaches) would take in the "
             "discriminator and turn harmonization off. Pass shared= explicitly (e.g. the feature extractor and classifier)")
     reached = [_graph.reached_parameters(loss1), _graph.reached_parameters(loss2)]
-    position = {id(p): i for i, p in enumerate(params)}
-    for k, found in enumerate(reached):
-        for key, leaf in found.items():
-            if key not in position:
-                raise ValueError(
-                    f"loss{k + 1} reaches a parameter of shape {tuple(leaf.shape)} that is not in params: backward would "
-                    f"leave loss{k + 1}'s raw gradient in its .grad (without the weights or scale{k + 1}). Pass every "
-                    "parameter either loss reaches (e.g. model.parameters(), the domain discriminator included)")
+    outside = outside_params(reached, params)
+    if outside is not None:
+        k, leaf = outside
+        raise ValueError(
+            f"loss{k + 1} reaches a parameter of shape {tuple(leaf.shape)} that is not in params: backward would "
+            f"leave loss{k + 1}'s raw gradient in its .grad (without the weights or scale{k + 1}). Pass every "
+            "parameter either loss reaches (e.g. model.parameters(), the domain discriminator included)")
     if shared_index is not None:
         only1 = [i for i in shared_index if id(params[i]) in reached[0] and id(params[i]) not in reached[1]]
         if only1:

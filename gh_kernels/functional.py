@@ -14,7 +14,7 @@ import torch
 
 from . import _dispatch
 from ._validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .methods import METHOD_CODES, check_method
+from .methods import check_method
 from .multitask import resolve_method
 
 
@@ -56,13 +56,7 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
         raise ValueError(f"G must be a K x K Gram matrix (a square 2-D tensor); got {shape}")
     if not G.is_floating_point():
         raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
-    if isinstance(method, str) and method in METHOD_CODES and G.shape == (2, 2):
-        kappa = options.pop("kappa", 0.5)
-        if options:
-            raise ValueError(f"method {method!r} takes the option kappa only; got {', '.join(options)}")
-        check_method(method, kappa)
-        return _dispatch.weights(G, method, kappa, backend)
-    return resolve_method(method, G.shape[0], options)(G)
+    return resolve_method(method, G.shape[0], options, backend=backend)(G)
 
 
 class AggregateOutput(NamedTuple):
@@ -85,7 +79,7 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     written.
     """
     sets, device = check_grad_sets(grads)
-    compute = resolve_method(method, len(sets), dict(options))
+    compute = resolve_method(method, len(sets), dict(options), backend=backend)
     if out is not None:
         out = list(as_set(out, "out"))
         check_out(out, sets)

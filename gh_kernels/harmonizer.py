@@ -72,17 +72,7 @@ class Harmonizer:
         if not self.params:
             raise ValueError("params is empty: pass every parameter either loss reaches")
         checks.check_params(self.params)
-        self.shared_index: Optional[List[int]] = None
-        if shared is not None:
-            position = {id(p): i for i, p in enumerate(self.params)}
-            self.shared_index = []
-            for j, p in enumerate(shared):
-                if id(p) not in position:
-                    raise ValueError(f"shared[{j}] is not in params: shared must be a subset of params")
-                if position[id(p)] not in self.shared_index:
-                    self.shared_index.append(position[id(p)])
-            if not self.shared_index:
-                raise ValueError("shared is empty: pass the parameters the Gram matrix is computed over")
+        self.shared_index: Optional[List[int]] = checks.shared_index(self.params, shared)
         self.device = distributed.local(self.params[0]).device
         checks.check_sync(sync)
         self.method, self.kappa, self.mode, self.backend = method, float(kappa), mode, backend

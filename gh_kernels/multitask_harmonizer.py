@@ -61,21 +61,14 @@ class MultiTaskHarmonizer:
             raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
         if sync not in distributed.SYNC_MODES:
             raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
-        resolve_method(method, 2, dict(options))  # unknown methods/options fail here, not mid-step (K rechecked per call)
+        resolve_method(method, 2, dict(options))  # unknown methods/options fail here, not mid-step (K checked per new K)
         self.params: List[torch.Tensor] = checks.unique_tensors(params)
         if not self.params:
             raise ValueError("params is empty: pass every parameter the losses reach")
         checks.check_params(self.params)
-        self.is_shared: Optional[List[bool]] = None
-        if shared is not None:
-            position = {id(p): i for i, p in enumerate(self.params)}
-            self.is_shared = [False] * len(self.params)
-            for j, p in enumerate(shared):
-                if id(p) not in position:
-                    raise ValueError(f"shared[{j}] is not in params: shared must be a subset of params")
-                self.is_shared[position[id(p)]] = True
-            if not any(self.is_shared):
-                raise ValueError("shared is empty: pass the parameters the Gram matrix is computed over")
+        index = checks.shared_index(self.params, shared)
+        chosen = set(index or ())
+        self.is_shared: Optional[List[bool]] = None if index is None else [i in chosen for i in range(len(self.params))]
         self.device = distributed.local(self.params[0]).device
         checks.check_sync(sync)
         if backend is not None:
@@ -84,6 +77,7 @@ class MultiTaskHarmonizer:
         self.method, self.options, self.mode, self.backend = method, dict(options), mode, backend
         self.sync, self.process_group = sync, process_group
         self._graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
+        self._compute = {}  # K -> the checked method (G -> weights), built on the first step with K losses
 
     def backward(self, losses: Sequence[torch.Tensor], *, retain_graph: bool = False) -> MultiTaskResult:
         """K backward passes, weights over ``shared``, the aggregated gradient added into ``.grad``.
@@ -92,7 +86,10 @@ class MultiTaskHarmonizer:
         anything raises, every ``.grad`` is left as it was.
         """
         losses = self._check_call(losses)
-        compute = resolve_method(self.method, len(losses), dict(self.options), where="method")
+        K = len(losses)
+        if K not in self._compute:
+            self._compute[K] = resolve_method(self.method, K, dict(self.options), backend=self.backend)
+        compute = self._compute[K]
         previous = [p.grad for p in self.params]
         try:
             wrapped = [backward_pass(self.params, loss, retain_graph or k < len(losses) - 1)
@@ -126,12 +123,11 @@ class MultiTaskHarmonizer:
                 raise ValueError("the losses come from a torch.compile'd model: its backward gives every parameter of the "
                                  "compiled region a gradient (zeros included), so the default shared (the parameters at "
                                  "least two losses reach) would take in every task head. Pass shared= explicitly (the trunk)")
-            position = {id(p) for p in self.params}
-            for k, loss in enumerate(losses):
-                for key, leaf in _graph.reached_parameters(loss).items():
-                    if key not in position:
-                        raise ValueError(f"losses[{k}] reaches a parameter of shape {tuple(leaf.shape)} that is not in params: "
-                                         "backward would leave its raw gradient in .grad. Pass every parameter the losses reach")
+            outside = checks.outside_params([_graph.reached_parameters(loss) for loss in losses], self.params)
+            if outside is not None:
+                k, leaf = outside
+                raise ValueError(f"losses[{k}] reaches a parameter of shape {tuple(leaf.shape)} that is not in params: "
+                                 "backward would leave its raw gradient in .grad. Pass every parameter the losses reach")
             self._graph_checked = True
         return list(losses)
 

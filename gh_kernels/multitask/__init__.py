@@ -6,7 +6,7 @@ points are :func:`gh_kernels.weights`, :func:`gh_kernels.aggregate` and
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -26,8 +26,10 @@ Method = Union[str, StatefulMethod]
 MULTITASK_METHODS = tuple(_methods.MULTITASK_METHODS)
 
 
-def resolve_method(method: Method, K: int, options: dict, *, where: str = "method") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Check ``method``/``options`` for K tasks and return ``G -> weights`` (raises ValueError/TypeError)."""
+def resolve_method(method: Method, K: int, options: dict, *, where: str = "method",
+                   backend: Optional[str] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Check ``method``/``options`` for K tasks and return ``G -> weights`` (raises ValueError/TypeError).
+    The two-set GH rules (``"sum"`` too when K = 2, with its ``kappa``) run on ``backend``'s weights kernel."""
     if K < 2:
         raise ValueError(f"{where}: K = {K} gradient set{'s' if K != 1 else ''}; the multi-task methods need at least 2 "
                          f"(with one task there is nothing to weigh: use its gradient)")
@@ -40,7 +42,7 @@ def resolve_method(method: Method, K: int, options: dict, *, where: str = "metho
         return method.weights
     if not isinstance(method, str):
         raise TypeError(f"{where} must be a method name or a gh_kernels.GradVac / NashMTL object; got {type(method).__name__}")
-    if method in METHOD_CODES and method != "sum":  # the two-set GH rules
+    if method in METHOD_CODES and (method != "sum" or K == 2):  # the two-set GH rules
         if K != 2:
             raise ValueError(f"{where}={method!r} is a two-task rule (K = 2); got K = {K}")
         kappa = options.pop("kappa", 0.5)
@@ -48,7 +50,7 @@ def resolve_method(method: Method, K: int, options: dict, *, where: str = "metho
             raise ValueError(f"method {method!r} takes the option kappa only; got {', '.join(options)}")
         check_method(method, kappa)
         from .. import _dispatch
-        return lambda G: _dispatch.weights(G, method, kappa, None)
+        return lambda G: _dispatch.weights(G, method, kappa, backend)
     options = dict(options)
     check_options(method, options, K)
     return lambda G: solve(G, method, options)

@@ -223,10 +223,7 @@ def check_options(method: str, options: dict, K: int) -> None:
         if name not in allowed:
             takes = f"takes the options {', '.join(allowed)}" if allowed else "takes no options"
             raise ValueError(f"method {method!r} {takes}; got {name}={value!r}")
-    if "c" in options and not (isinstance(options["c"], (int, float)) and not isinstance(options["c"], bool)
-                               and math.isfinite(options["c"]) and options["c"] >= 0):
-        raise ValueError(f"option c of 'cagrad' must be a finite number >= 0; got {options['c']!r}")
-    for name in ("norm_eps", "reg_eps"):
+    for name in ("c", "norm_eps", "reg_eps"):
         if name in options and not (isinstance(options[name], (int, float)) and not isinstance(options[name], bool)
                                     and math.isfinite(options[name]) and options[name] >= 0):
             raise ValueError(f"option {name} of {method!r} must be a finite number >= 0; got {options[name]!r}")

@@ -16,7 +16,7 @@ from ..._constants import MAX_SETS
 from . import worklist as wl
 from .common import COL_OUT, COL_START, ROW, load_acc, ptr, val, work_item
 from .flat import finish, flat_params
-from .wide import NARROW_SETS, WIDE_BLOCK, combine_wide_kernel
+from .wide import NARROW_SETS, wide_block, combine_wide_kernel
 
 
 @triton.jit
@@ -96,8 +96,7 @@ def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumul
     cfg = work.cfg
     for L in work.launches:
         if num_sets > NARROW_SETS:
-            block = wl.block_for(cfg, 8) if work.device.type != "cuda" else WIDE_BLOCK
-            combine_wide_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets, BLOCK=block,
+            combine_wide_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets, BLOCK=wide_block(cfg, work.device),
                                             ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
             continue
         _combine_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets,

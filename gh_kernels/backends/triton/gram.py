@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
 from . import worklist as wl
-from .wide import NARROW_SETS, WIDE_BLOCK, gram_wide_kernel
+from .wide import NARROW_SETS, wide_block, gram_wide_kernel
 from .common import ROW, acc_zeros, val, work_item
 from .flat import flat_params
 from ..._ops import result_dtype
@@ -140,8 +140,7 @@ def run_gram(work: GramWork, num_sets: int) -> torch.Tensor:
     cfg = work.cfg
     for L in work.launches:
         if num_sets > NARROW_SETS:
-            block = wl.block_for(cfg, 8) if work.device.type != "cuda" else WIDE_BLOCK
-            gram_wide_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=block, num_warps=cfg.num_warps)
+            gram_wide_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=wide_block(cfg, work.device), num_warps=cfg.num_warps)
             continue
         _gram_partials_kernel[(L.items,)](L.table, L.base, partials, L.slot_base, K=num_sets, BLOCK=wl.block_for(cfg, L.base.element_size()),
                                           ALIGNED=L.aligned, VEC=16 // L.base.element_size(), num_warps=cfg.num_warps)

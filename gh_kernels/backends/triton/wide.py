@@ -23,6 +23,11 @@ NARROW_SETS = 4
 #: Elements per set per tile on a GPU (the interpreter uses the work list's small block).
 WIDE_BLOCK = 128
 SETS = tl.constexpr(MAX_SETS)
+
+
+def wide_block(cfg, device) -> int:
+    """BLOCK of the wide kernels: WIDE_BLOCK on a GPU; the interpreter's small block on CPU tensors."""
+    return WIDE_BLOCK if device.type == "cuda" else cfg.block
 NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
 
 
