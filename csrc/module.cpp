@@ -1,6 +1,6 @@
 // The extension module gh_kernels._C: importing it runs the TORCH_LIBRARY_IMPL registrations of
 // csrc/cpu (and csrc/cuda when built with CUDA). The ops' schemas and fake kernels are defined
-// once, in Python (gh_kernels/_ops.py), so this module exposes no functions of its own.
+// once, in Python (gh_kernels/ops/library.py), so this module exposes no functions of its own.
 #include <Python.h>
 
 extern "C" {

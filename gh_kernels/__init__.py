@@ -1,38 +1,41 @@
-"""gh_kernels: fused Gradient Harmonization (GH, GH++) for PyTorch.
+"""gh_kernels: fused Gradient Harmonization (GH, GH++) and multi-task gradient aggregation for PyTorch.
 
-Public API (each documented in the README):
+Public API (documented in docs/API.md):
 
-* functions: :func:`gram`, :func:`weights`, :func:`combine`, :func:`harmonize` (returns a
-  :class:`HarmonizeOutput`), and :func:`plan` (a :class:`HarmonizePlan`: ``harmonize`` validated
-  once, one op call per step);
-* the training-step class :class:`Harmonizer` (``backward`` returns a :class:`HarmonizeResult`);
+* functions: :func:`gram`, :func:`weights`, :func:`combine`, :func:`harmonize` (a
+  :class:`HarmonizeOutput`), :func:`aggregate` (an :class:`AggregateOutput`) and :func:`plan` (a
+  :class:`Plan`: Gram, weights and combine decided once, run per call);
+* the training steps, two faces of one engine: :class:`Harmonizer` (two losses, GH rules;
+  ``backward`` returns a :class:`HarmonizeResult`) and :class:`MultiTaskHarmonizer` (K losses, every
+  method; a :class:`MultiTaskResult`);
+* methods: :data:`METHODS` (the two-task GH rules), :data:`MULTITASK_METHODS`, and the stateful
+  :class:`GradVac` and :class:`NashMTL` (``state_dict``/``load_state_dict``);
 * backends: :func:`available_backends`, :func:`extension_error`, :class:`BackendUnavailable`;
-* :data:`METHODS`, the weight rules' names;
-* multi-task (K sets): :func:`aggregate` (an :class:`AggregateOutput`), :func:`weights` with the
-  :data:`MULTITASK_METHODS`, the stateful :class:`GradVac` and :class:`NashMTL`, and the K-loss
-  training step :class:`MultiTaskHarmonizer`;
 * :class:`GradReverse` / :func:`grad_reverse`, the gradient-reversal layer of DANN-style training.
 
-The math is specified in ``docs/METHOD.md`` (Huang, Song and Zhang, TPAMI 2024);
-:mod:`gh_kernels.reference` holds the float64 reference.
+Layout: the public modules at the top; the layers below them in ``ops/`` (op schemas, argument
+checks, dispatch), ``weighting/`` (every method, one registry), ``step/`` (the training-step engine)
+and ``backends/`` (one package per kernel implementation). docs/ARCHITECTURE.md walks through a call.
 """
-from . import _ops  # noqa: F401  (defines the ops before any backend registers kernels)
+from .ops import library as _library  # noqa: F401  (defines the ops before any backend registers kernels)
 from .backends import BackendUnavailable, available_backends, load_backends
 from .backends.cpp import extension_error
 from .functional import AggregateOutput, HarmonizeOutput, aggregate, combine, gram, harmonize, weights
-from .harmonizer import HarmonizeResult, Harmonizer
+from .harmonizer import HarmonizeResult, Harmonizer, MultiTaskHarmonizer, MultiTaskResult
 from .layers import GradReverse, grad_reverse
-from .methods import METHODS
-from .multitask import MULTITASK_METHODS, GradVac, NashMTL
-from .multitask_harmonizer import MultiTaskHarmonizer, MultiTaskResult
-from .plan import HarmonizePlan, plan
+from .ops.constants import METHODS
+from .plan import Plan, plan
+from .weighting import MULTITASK_METHODS, GradVac, NashMTL
 
 load_backends()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+#: Deprecated alias of :class:`Plan` (the two-set plan is now the K-set plan).
+HarmonizePlan = Plan
 
 __all__ = [
-    "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "plan", "HarmonizePlan", "Harmonizer", "HarmonizeResult",
-    "available_backends", "extension_error", "BackendUnavailable", "METHODS", "GradReverse", "grad_reverse",
-    "aggregate", "AggregateOutput", "GradVac", "NashMTL", "MultiTaskHarmonizer", "MultiTaskResult", "MULTITASK_METHODS",
+    "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "aggregate", "AggregateOutput", "plan", "Plan",
+    "Harmonizer", "HarmonizeResult", "MultiTaskHarmonizer", "MultiTaskResult", "METHODS", "MULTITASK_METHODS",
+    "GradVac", "NashMTL", "available_backends", "extension_error", "BackendUnavailable", "GradReverse", "grad_reverse",
 ]

@@ -12,18 +12,11 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from . import _dispatch
-from ._validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .methods import check_method
-from .multitask import resolve_method
-
-
-class HarmonizeOutput(NamedTuple):
-    """What :func:`harmonize` computed, as device tensors (nothing is copied to the host)."""
-
-    out: List[TensorOrNone]  #: w1*g1 + w2*g2 per parameter (the ``out`` list, or new tensors)
-    weights: torch.Tensor  #: (2,): (w1, w2), float32 (float64 for float64 gradients)
-    gram: torch.Tensor  #: (2, 2) Gram matrix of g1 and g2, float32 (float64 for float64 gradients)
+from .ops import dispatch as _dispatch
+from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
+from .plan import HarmonizeOutput, Plan
+from .weighting import resolve
+from .weighting.gh import check_method
 
 
 def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Tensor:
@@ -40,13 +33,13 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
 
     Two-task GH rules (K = 2; option ``kappa`` in [0, 1] splits the GH++ turn, default 0.5):
     ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++), ``"gh++released"``; see
-    :mod:`gh_kernels.methods` for their edge-case rules. ``backend`` chooses their kernel.
+    :mod:`gh_kernels.weighting.gh` for their edge-case rules. ``backend`` chooses their kernel.
 
     Multi-task methods (any K from 2 to 12): ``"mean"``, ``"sum"``, ``"pcgrad"``, ``"mgda"``,
     ``"cagrad"`` (option ``c``, default 0.4), ``"imtl-g"``, ``"aligned-mtl"``, ``"upgrad"``,
     ``"dualproj"``, ``"config"``, or a :class:`GradVac` / :class:`NashMTL` object (state across
     steps); their options, papers, regularization and tolerances are in
-    :mod:`gh_kernels.multitask.methods`. Every solve runs on G's device with a fixed amount of work.
+    :mod:`gh_kernels.weighting.rules`. Every solve runs on G's device with a fixed amount of work.
 
     No host synchronization. Unknown methods or options, options a method does not take, and
     K = 1 raise ValueError naming them.
@@ -54,9 +47,15 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
     if not isinstance(G, torch.Tensor) or G.dim() != 2 or G.shape[0] != G.shape[1]:
         shape = tuple(G.shape) if isinstance(G, torch.Tensor) else type(G).__name__
         raise ValueError(f"G must be a K x K Gram matrix (a square 2-D tensor); got {shape}")
-    if not G.is_floating_point():
-        raise TypeError(f"G must be a floating-point tensor, got {G.dtype}")
-    return resolve_method(method, G.shape[0], options, backend=backend)(G)
+    if not G.is_floating_point() or G.is_complex():
+        raise TypeError(f"G must be a real floating-point tensor, got {G.dtype}")
+    if G.layout is not torch.strided:
+        raise ValueError(f"G must be a dense (torch.strided) tensor; got layout {G.layout}")
+    weighting = resolve(method, G.shape[0], options, backend=backend)
+    if weighting.gh_code is not None and backend is not None:
+        from . import backends
+        backends.resolve(backend, G.device, 2)  # BackendUnavailable before anything runs
+    return weighting(G)
 
 
 class AggregateOutput(NamedTuple):
@@ -79,13 +78,18 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     written.
     """
     sets, device = check_grad_sets(grads)
-    compute = resolve_method(method, len(sets), dict(options), backend=backend)
+    weighting = resolve(method, len(sets), options, backend=backend)
     if out is not None:
         out = list(as_set(out, "out"))
         check_out(out, sets)
     G = _dispatch.gram(sets, device, backend)
-    w = compute(G)
-    out = _dispatch.combine(w if w.dtype == torch.float64 else w.to(torch.float32), sets, device, out, False, backend)
+    w, pending = weighting.solve(G)
+    try:
+        out = _dispatch.combine(w, sets, device, out, False, backend)
+    except BaseException:
+        pending.rollback()
+        raise
+    pending.commit()  # NOTE: [State changes after success]
     return AggregateOutput(w, out, G)
 
 
@@ -104,7 +108,7 @@ def combine(
     default: new tensors like the inputs (``None`` where every set has ``None``).
     ``out[p]`` may be exactly an input tensor of parameter ``p``; any other memory overlap, an
     ``out`` that requires grad, or a sparse/meta tensor raises before anything is written
-    (:mod:`gh_kernels._memory`). Written tensors get their autograd version counter bumped.
+    (:mod:`gh_kernels.ops.memory`). Written tensors get their autograd version counter bumped.
     Returns ``out`` (a list).
     """
     sets, device = check_grad_sets(grads)
@@ -145,8 +149,12 @@ def harmonize(
     """
     check_method(method, kappa)
     sets, device = check_grad_sets([g1, g2], set_names=("g1", "g2"))
+    weighting = resolve(method, 2, {"kappa": kappa}, backend=backend)
     if out is not None:
         out = list(as_set(out, "out"))
         check_out(out, sets, set_names=("g1", "g2"))
-    out, G, w = _dispatch.harmonize(sets, device, out, method, kappa, backend)
+    plan = Plan(weighting, device, backend, num_params=len(sets[0]))
+    if out is None:
+        return plan._run_new_out(sets)
+    G, w, _ = plan.run(out, sets[0] + sets[1], None, None, False)
     return HarmonizeOutput(out, w, G)

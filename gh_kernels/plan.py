@@ -1,87 +1,168 @@
-"""``gh_kernels.plan``: ``harmonize`` planned once, for loops that call it every step on the same lists.
+"""``gh_kernels.plan``: the one plan type. A :class:`Plan` is what a repeated call decides once -- the
+backend and its ops, the checked method (a :class:`~gh_kernels.weighting.Weighting`), the work-list
+cache -- and then runs Gram, weights and combine each step. The functional API builds one per
+call; ``Harmonizer`` and ``MultiTaskHarmonizer`` keep one per number of losses; a loop keeps its own::
 
-``harmonize`` checks every argument in Python on every call (about 1 us per tensor) before its one
-op call. A plan does the Python checks once, when it is built, and then makes the call of the
-fused ``harmonize_`` op directly each step::
-
-    plan = gh_kernels.plan(g1, g2, out=g2, method="gh++")   # validates, chooses the backend
+    plan = gh_kernels.plan(g1, g2, out=g2, method="gh++")    # validates, chooses the backend
     for step in ...:
-        res = plan(g1, g2, out=g2)                           # HarmonizeOutput(out, weights, gram)
+        res = plan(g1, g2, out=g2)                            # HarmonizeOutput(out, weights, gram)
 
-Per step, with the C++ backends (``cpu``, ``cuda``), the op itself checks every tensor in C++
-(shapes, dtypes, devices, layouts and the ``out=`` memory rules) before writing anything, and
-rebuilds its work split, so lists whose tensors moved, changed shape or dtype, or gained or lost
-a gradient are handled correctly; when the op rejects an argument, the Python checks run to name
-the argument and index. The CUDA kernel keeps its work list on the device and skips the upload
-when the tensors are the ones of the previous call (what a captured CUDA graph needs). With the
-Python backends (``torch``, ``triton``) the Python checks still run every call.
+    plan = gh_kernels.plan(g1, g2, g3, method="upgrad")      # K sets, any multi-task method
+
+NOTE: [Fused step]: :meth:`Plan.run` is the whole computation. For the two-task GH rules it is one
+call of the fused ``harmonize_`` op (Gram, weights and combine in C++/CUDA/Triton/torch). For every
+other method whose weights are a function of the Gram matrix it is two op calls around the
+method's on-device solve: ``gram`` over the selected parameters, the weights, one ``combine_`` over
+every parameter (a Python solve cannot run inside a C++ op; nothing is copied to the host).
+
+NOTE: [Checks in the op]: with the C++ backends (``cpu``, ``cuda``) the ops check every tensor in
+C++ (shapes, dtypes, devices, layouts, the ``out=`` memory rules) before writing anything and
+rebuild their work split, so lists whose tensors moved, changed shape or dtype, or gained or lost
+a gradient are handled correctly; when an op rejects an argument the Python checks run to name the
+argument and index. The Python backends (``torch``, ``triton``) run the Python checks first, every
+call. The CUDA kernel keeps its work list on the device and skips the upload when the tensors are
+the previous call's (what a captured CUDA graph needs).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from . import _dispatch, backends
-from ._validate import GradSet, as_set, check_grad_sets, check_out
-from .functional import HarmonizeOutput
-from .methods import check_method
+from . import backends
+from .ops import dispatch
+from .ops.library import result_dtype
+from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
+from .weighting import Method, Pending, Weighting, resolve, weights_dtype
+
+#: Backends whose ops check every argument in C++ before writing (NOTE: [Checks in the op]).
+CHECKS_IN_OP = ("cpu", "cuda")
 
 
-class HarmonizePlan:
-    """See :func:`plan`. Call it as ``plan(g1, g2, out=None)``; it returns a ``HarmonizeOutput``."""
+class HarmonizeOutput(NamedTuple):
+    """What :func:`gh_kernels.harmonize` or a :class:`Plan` computed, as device tensors (nothing is copied to the host)."""
 
-    def __init__(self, g1: GradSet, g2: GradSet, *, out: Optional[Sequence[torch.Tensor]] = None, method: str = "gh",
-                 kappa: float = 0.5, backend: Optional[str] = None):
-        check_method(method, kappa)
-        sets, device = check_grad_sets([g1, g2], set_names=("g1", "g2"))
-        if out is not None:
-            check_out(list(as_set(out, "out")), sets, set_names=("g1", "g2"))
-        self.num_params, self.device, self.method, self.kappa = len(sets[0]), device, method, float(kappa)
-        self.backend = backends.resolve(backend, device, 2)
-        self._op = backends.kernel(self.backend, "harmonize_")
-        self._checks_in_op = self.backend in ("cpu", "cuda")
-        self._cache_host = torch.empty(0, dtype=torch.uint8)
-        self._cache_device = torch.empty(0, dtype=torch.uint8, device=device) if device.type == "cuda" else None
+    out: List[TensorOrNone]  #: sum_k w_k g_k per parameter (the ``out`` list, or new tensors)
+    weights: torch.Tensor  #: (K,): NOTE: [Weights dtype]
+    gram: torch.Tensor  #: (K, K) Gram matrix, float32 (float64 for float64 gradients)
 
-    def _python_checks(self, g1, g2, out) -> None:
-        sets, _ = check_grad_sets([g1, g2], set_names=("g1", "g2"))
-        if out is not None:
-            check_out(out, sets, set_names=("g1", "g2"))
 
-    def __call__(self, g1: GradSet, g2: GradSet, out: Optional[Sequence[torch.Tensor]] = None) -> HarmonizeOutput:
-        g1 = [g1] if isinstance(g1, torch.Tensor) else list(g1)
-        g2 = [g2] if isinstance(g2, torch.Tensor) else list(g2)
-        for name, s in (("g1", g1), ("g2", g2)):
+class Plan:
+    """Gram, weights and combine for K gradient sets, decided once: see the module docstring.
+
+    Built by :func:`plan` (public: validates the lists it is given) or by the training-step engine.
+    Call it as ``plan(g_1, ..., g_K, out=None)`` (``plan(g1, g2, out)`` also works)."""
+
+    def __init__(self, weighting: Weighting, device: torch.device, backend: Optional[str] = None,
+                 num_params: Optional[int] = None):
+        self.weighting, self.device, self.num_params = weighting, device, num_params
+        self.num_sets = weighting.num_tasks
+        self.backend = backends.resolve(backend, device, self.num_sets)
+        self.checks_in_op = self.backend in CHECKS_IN_OP
+        self.fused_op = backends.kernel(self.backend, "harmonize_") if weighting.gh_code is not None else None
+        self.gram_op = backends.kernel(self.backend, "gram")
+        self.combine_op = backends.kernel(self.backend, "combine_")
+        self.cache_host = torch.empty(0, dtype=torch.uint8)
+        self.cache_device = torch.empty(0, dtype=torch.uint8, device=device) if device.type == "cuda" else None
+
+    # -- the computation ---------------------------------------------------------------------------
+    def run(self, out: List[torch.Tensor], flat: List[TensorOrNone], gram_mask: Optional[List[bool]],
+            scales: Optional[torch.Tensor], accumulate: bool):
+        """NOTE: [Fused step] on validated (or op-checked) arguments: ``out[p] (+)= sum_k scales_k w_k
+        flat[k*P + p]`` with the Gram matrix over the parameters ``gram_mask`` selects (all when None).
+        Returns ``(G, w, pending)``; ``pending`` is the method's state change, not yet committed."""
+        P = len(out)
+        if self.fused_op is not None:
+            mask = None if gram_mask is None else torch.tensor(gram_mask, dtype=torch.bool)
+            s1, s2 = (1.0, 1.0) if scales is None else scales
+            G, w = self.fused_op(out, flat, mask, self.weighting.name, self.weighting.kappa, float(s1), float(s2),
+                                 accumulate, self.cache_host, self.cache_device)
+            return G, w, Pending()
+        selected = flat if gram_mask is None else [t if gram_mask[i % P] else None for i, t in enumerate(flat)]
+        if any(t is not None and t.numel() for t in selected):
+            G = self.gram_op(selected, self.num_sets)
+        else:
+            G = torch.zeros((self.num_sets,) * 2, dtype=result_dtype(flat), device=self.device)
+        w, pending = self.weighting.solve(G)
+        try:
+            applied = scaled(w, scales)
+            self.combine_op(out, flat, self.num_sets, applied, accumulate)
+        except BaseException:
+            pending.rollback()
+            raise
+        return G, w, pending
+
+    # -- the public call ---------------------------------------------------------------------------
+    def __call__(self, *sets: GradSet, out: Optional[Sequence[torch.Tensor]] = None) -> HarmonizeOutput:
+        sets = list(sets)
+        if len(sets) == self.num_sets + 1 and out is None:
+            out = sets.pop()  # plan(g1, g2, out)
+        if len(sets) != self.num_sets:
+            raise ValueError(f"this plan takes {self.num_sets} gradient sets; got {len(sets)}")
+        names = _set_names(self.num_sets)
+        sets = [[s] if isinstance(s, torch.Tensor) else list(s) for s in sets]
+        for name, s in zip(names, sets):
             if len(s) != self.num_params:
                 raise ValueError(f"{name} has {len(s)} tensors but the plan was built for {self.num_params} parameters: "
                                  "build a new plan for a different parameter list")
         if out is None:
-            return self._call_new_out(g1, g2)
+            check_grad_sets(sets, set_names=names)
+            return self._run_new_out(sets)
         out = [out] if isinstance(out, torch.Tensor) else list(out)
         if len(out) != self.num_params:
             raise ValueError(f"out has {len(out)} tensors but the plan was built for {self.num_params} parameters")
-        if not self._checks_in_op:
-            self._python_checks(g1, g2, out)
+        if not self.checks_in_op:
+            self.python_checks(sets, out, names)
+        flat = [t for s in sets for t in s]
         try:
-            G, w = self._op(out, g1 + g2, None, self.method, self.kappa, 1.0, 1.0, False, self._cache_host, self._cache_device)
+            G, w, pending = self.run(out, flat, None, None, False)
         except (RuntimeError, TypeError):
-            self._python_checks(g1, g2, out)  # raises an error naming the argument and index
+            self.python_checks(sets, out, names)  # raises an error naming the argument and index
             raise
-        if G.device != self.device and G.device.type == "meta":  # a meta tensor in the lists: the dispatcher ran the fake kernel
-            self._python_checks(g1, g2, out)
+        if G.device.type == "meta" and self.device.type != "meta":  # a meta tensor: the dispatcher ran the fake kernel
+            pending.rollback()
+            self.python_checks(sets, out, names)
+        pending.commit()
         return HarmonizeOutput(out, w, G)
 
-    def _call_new_out(self, g1: List, g2: List) -> HarmonizeOutput:
-        """out=None: new tensors like the inputs (None where neither set has the parameter)."""
-        self._python_checks(g1, g2, None)
-        out, G, w = _dispatch.run_harmonize(self._op, [g1, g2], None, self.method, self.kappa,
-                                            self._cache_host, self._cache_device)
+    @staticmethod
+    def python_checks(sets, out, names) -> None:
+        sets, _ = check_grad_sets(sets, set_names=names)
+        if out is not None:
+            check_out(out, sets, set_names=names)
+
+    def _run_new_out(self, sets) -> HarmonizeOutput:
+        """out=None: new tensors like the inputs; parameters no set has stay None and are left out of the call."""
+        out = dispatch.new_outs(sets)
+        idx = [p for p, o in enumerate(out) if o is not None]
+        flat = [s[p] for s in sets for p in idx]
+        G, w, pending = self.run([out[p] for p in idx], flat, None, None, False)
+        pending.commit()
         return HarmonizeOutput(out, w, G)
 
 
-def plan(g1: GradSet, g2: GradSet, *, out: Optional[Sequence[torch.Tensor]] = None, method: str = "gh",
-         kappa: float = 0.5, backend: Optional[str] = None) -> HarmonizePlan:
-    """Validate ``harmonize``'s arguments once and return a :class:`HarmonizePlan` that runs it in one
-    op call per step (see the module docstring). Building a plan does not harmonize anything."""
-    return HarmonizePlan(g1, g2, out=out, method=method, kappa=kappa, backend=backend)
+def scaled(w: torch.Tensor, scales: Optional[Sequence[float]]) -> torch.Tensor:
+    """(w_k scales_k) on w's device, built without a host copy; ``w`` itself for no scales or all ones."""
+    if scales is None or all(s == 1.0 for s in scales):
+        return w
+    return torch.stack([w[k] * s for k, s in enumerate(scales)])
+
+
+def _set_names(K: int) -> List[str]:
+    return [f"g{k + 1}" for k in range(K)]
+
+
+def plan(*grads: GradSet, out: Optional[Sequence[torch.Tensor]] = None, method: Method = "gh",
+         backend: Optional[str] = None, **options) -> Plan:
+    """Validate the gradient sets (and ``out``) once and return a :class:`Plan` that runs Gram, weights
+    and combine per call (see the module docstring). ``method``/``options``: as
+    :func:`gh_kernels.weights` (``kappa`` for GH++). Building a plan computes nothing."""
+    names = _set_names(len(grads))
+    sets, device = check_grad_sets(list(grads), set_names=names)
+    weighting = resolve(method, len(sets), options, backend=backend)
+    if out is not None:
+        check_out(list(as_set(out, "out")), sets, set_names=names)
+    return Plan(weighting, device, backend, num_params=len(sets[0]))
+
+
+__all__ = ["Plan", "plan", "HarmonizeOutput", "weights_dtype"]

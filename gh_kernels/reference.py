@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .methods import GHPP_MIN_SIN, check_method
+from .weighting.gh import GHPP_MIN_SIN, check_method
 
 
 def _flat64(s: Sequence[Optional[torch.Tensor]], like: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:

@@ -116,7 +116,7 @@ def weight_tolerance(G, method: str, w_ref) -> float:
     d = 8 * EPS[torch.float32]
     cos = max(-1.0, min(1.0, c / (n1sq * n2sq) ** 0.5))
     sin = (1 - cos * cos) ** 0.5
-    if method == "gh++" and sin < gh_kernels.methods.GHPP_MIN_SIN:
+    if method == "gh++" and sin < gh_kernels.weighting.gh.GHPP_MIN_SIN:
         return scale  # the documented rule: the GH weights, no angle
     d_theta = min(d / sin if sin > 0 else float("inf"), (2 * d) ** 0.5)
     if method == "gh++released":

@@ -5,7 +5,7 @@ import torch
 
 import gh_kernels
 from gh_kernels import backends
-from gh_kernels._constants import MAX_SETS
+from gh_kernels.ops.constants import MAX_SETS
 
 from helpers import make_set
 

@@ -1,5 +1,5 @@
 """One source for every constant shared across languages: compile a program against
-csrc/include/gh_constants.h (the C++/CUDA copy) and compare each value with gh_kernels/_constants.py
+csrc/include/gh_constants.h (the C++/CUDA copy) and compare each value with gh_kernels/ops/constants.py
 (the Python/Triton copy); check that the kernels use the named constants, not literals."""
 import os
 import re
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from gh_kernels import _constants as C
+from gh_kernels.ops import constants as C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = r"""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gh_kernels
-from gh_kernels._constants import MAX_SETS
+from gh_kernels.ops.constants import MAX_SETS
 from helpers import assert_field_error, make_set, on, plain_torch_gram
 
 SIZES = [1, 7, 33, (5, 13), 257, 1031]

@@ -6,7 +6,7 @@ import torch
 
 import gh_kernels
 from gh_kernels import backends
-from gh_kernels._constants import MAX_SETS
+from gh_kernels.ops.constants import MAX_SETS
 from gh_kernels.reference import combine_reference, gram_reference, weights_reference
 
 from helpers import conflicting_pair, make_set, on

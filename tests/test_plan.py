@@ -104,7 +104,7 @@ def test_harmonizer_fused_step_equals_grouped_step(backend):
         torch.manual_seed(1)
         model.load_state_dict(ToyDANN().state_dict())
         h = gh_kernels.Harmonizer(model.parameters(), method="gh++", backend=backend)
-        h._step.fusable = fused
+        h._engine.fused = fused
         for step in range(3):  # step 0: fresh .grad; steps 1, 2: accumulated
             res = h.backward(*model.losses(*model.batch(step)), scale1=0.7)
         results.append(([p.grad.clone() for p in model.parameters()], res))

@@ -43,7 +43,7 @@ def test_weights_match_closed_forms(case, method, kappa):
     assert w.dtype == torch.float32 and w.shape == (2,)
     ref = weights_reference(G.double(), method, kappa)
     sin = math.sqrt(max(0.0, 1 - float(G[0, 1]) ** 2 / float(G[0, 0] * G[1, 1])))
-    if method == "gh++" and abs(sin - gh_kernels.methods.GHPP_MIN_SIN) < 1e-3:
+    if method == "gh++" and abs(sin - gh_kernels.weighting.gh.GHPP_MIN_SIN) < 1e-3:
         return  # the documented switch point: float32 and float64 may pick different sides
     tol = weight_tolerance(G.double(), method, ref)
     assert (w.double() - ref).abs().max().item() <= tol, f"{method} kappa={kappa} sin={sin:.3g}: {w.tolist()} vs {ref.tolist()}"
@@ -156,9 +156,9 @@ def test_ghpp_near_180_degrees_is_finite_and_documented(sin, ratio):
     w = gh_kernels.weights(G.float(), "gh++")
     assert torch.isfinite(w).all()
     gh = gh_kernels.weights(G.float(), "gh")
-    if sin < gh_kernels.methods.GHPP_MIN_SIN * 0.9:
+    if sin < gh_kernels.weighting.gh.GHPP_MIN_SIN * 0.9:
         assert torch.equal(w, gh)
-    elif sin > gh_kernels.methods.GHPP_MIN_SIN * 1.1:
+    elif sin > gh_kernels.weighting.gh.GHPP_MIN_SIN * 1.1:
         torch.testing.assert_close(w.double(), weights_reference(G, "gh++"), rtol=5e-3, atol=1e-4)
 
 

@@ -1,5 +1,5 @@
 // The CPU kernels of the gh_kernels ops (gram.cpp, combine.cpp, weights.cpp, harmonize.cpp); register_cpu.cpp
-// registers them with the dispatcher. Schemas: gh_kernels/_ops.py.
+// registers them with the dispatcher. Schemas: gh_kernels/ops/library.py.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -1,4 +1,4 @@
-// Registration of the CPU kernels: the "cpu" overloads of the ops defined in gh_kernels/_ops.py
+// Registration of the CPU kernels: the "cpu" overloads of the ops defined in gh_kernels/ops/library.py
 // (gh_kernels::gram.cpu, ...), for the CPU dispatch key. The one place the CPU backend registers.
 #include <torch/library.h>
 

@@ -1,5 +1,5 @@
 // The CUDA kernels of the gh_kernels ops (torch glue in ops_cuda.cpp, kernels in *.cu);
-// register_cuda.cpp registers them with the dispatcher. Schemas: gh_kernels/_ops.py.
+// register_cuda.cpp registers them with the dispatcher. Schemas: gh_kernels/ops/library.py.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -1,4 +1,4 @@
-// Registration of the CUDA kernels: the "cuda" overloads of the ops defined in gh_kernels/_ops.py
+// Registration of the CUDA kernels: the "cuda" overloads of the ops defined in gh_kernels/ops/library.py
 // (gh_kernels::gram.cuda, ...), for the CUDA dispatch key. The one place the CUDA backend registers.
 #include <torch/library.h>
 

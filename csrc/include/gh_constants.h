@@ -1,5 +1,5 @@
 // Constants shared by the C++, CUDA, Python and Triton code. Python's copy is
-// gh_kernels/_constants.py; tests/test_constants.py compiles a program against this header and
+// gh_kernels/ops/constants.py; tests/test_constants.py compiles a program against this header and
 // compares every value, so the two cannot drift apart. Plain C++ (no torch headers): nvcc
 // compiles it standalone.
 #pragma once

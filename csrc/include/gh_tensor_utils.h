@@ -147,7 +147,7 @@ inline std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
   return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size())};
 }
 
-// The out= memory rules of gh_kernels/_memory.py, checked before anything is written: out[p] may
+// The out= memory rules of gh_kernels/ops/memory.py, checked before anything is written: out[p] may
 // be exactly an input of parameter p (same address, shape and strides); any other overlap of an
 // out with an out or an input, or an out whose own elements overlap, is an error naming indices.
 inline void check_out_aliasing(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {

@@ -1,6 +1,6 @@
 // Weight rules of docs/METHOD.md for two gradient sets, shared by the CPU and CUDA kernels.
 // Pure C++ (no torch headers) so nvcc can compile it standalone. Must agree with
-// gh_kernels/methods.py (solve_weights_torch); tests compare every backend with it.
+// gh_kernels/weighting/gh.py (solve_weights_torch); tests compare every backend with it.
 // Real is float (float32, bfloat16 and float16 gradients) or double (float64 gradients).
 #pragma once
 #include <cmath>

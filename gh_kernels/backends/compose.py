@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .._ops import result_dtype
+from ..ops.library import result_dtype
 
 
 def select_for_gram(out, tensors, gram_mask):

@@ -4,7 +4,7 @@ chooses the backend serving a call.
 Each backend is a package ``gh_kernels.backends.<package>`` with two functions:
 
 * ``load(name) -> Optional[str]``: register the backend's kernels for its op overloads
-  (``gh_kernels::gram.<name>``, ...; see :mod:`gh_kernels._ops`) and return ``None``, or return
+  (``gh_kernels::gram.<name>``, ...; see :mod:`gh_kernels.ops.library`) and return ``None``, or return
   why it cannot run on this machine. Called once, by :func:`load_backends`.
 * ``unavailable(name, device) -> Optional[str]``: why it cannot run tensors on ``device``, or None.
 
@@ -25,8 +25,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .. import _ops
-from .._constants import MAX_SETS
+from ..ops import library as _ops
+from ..ops.constants import MAX_SETS
 
 logger = logging.getLogger("gh_kernels")
 ENV_VAR = "GH_KERNELS_BACKEND"
@@ -50,7 +50,7 @@ BACKENDS: Dict[str, Backend] = {
     "cuda": Backend("cuda", "cpp", {"cuda": 2}),
     "triton": Backend("triton", "triton", {"cuda": 1}),  # CPU tensors only under TRITON_INTERPRET=1, never automatically
 }
-assert tuple(BACKENDS) == _ops.OVERLOADS, "every backend needs its op overloads (gh_kernels/_ops.py)"
+assert tuple(BACKENDS) == _ops.OVERLOADS, "every backend needs its op overloads (gh_kernels/ops/library.py)"
 
 _load_error: Dict[str, Optional[str]] = {}
 _packages: Dict[str, object] = {}  # name -> its package module, imported once by load_backends (not while tracing)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
-from ... import _ops
+from ...ops import library as _ops
 
 _import_error: Optional[str] = None
 _loaded = False

@@ -2,7 +2,7 @@
 (``CompositeExplicitAutograd``). Always available; the fallback for any number of sets."""
 from typing import Optional
 
-from ... import _ops
+from ...ops import library as _ops
 from . import kernels
 
 

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ...methods import solve_weights_torch
+from ...weighting.gh import solve_weights_torch
 from ..compose import harmonize_from
 
 BLOCK = 4096

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from typing import Optional
 
-from ... import _ops
+from ...ops import library as _ops
 
 
 class _Lazy:

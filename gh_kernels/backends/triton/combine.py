@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._constants import MAX_SETS
+from ...ops.constants import MAX_SETS
 from . import worklist as wl
 from .common import COL_OUT, COL_START, ROW, load_acc, ptr, val, work_item
 from .flat import finish, flat_params

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..._constants import MAX_SETS, WORK_ROW
+from ...ops.constants import MAX_SETS, WORK_ROW
 
 #: Work-list row columns (worklist.py): offsets of the MAX_SETS sets, of out, then start, length, present bits.
 ROW = tl.constexpr(WORK_ROW)

@@ -16,12 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
+from ...ops.constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
 from . import worklist as wl
 from .wide import NARROW_SETS, wide_block, gram_wide_kernel
 from .common import ROW, acc_zeros, val, work_item
 from .flat import flat_params
-from ..._ops import result_dtype
+from ...ops.library import result_dtype
 
 NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
 SETS = tl.constexpr(MAX_SETS)

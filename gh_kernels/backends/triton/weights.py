@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._constants import GHPP_MIN_SIN
-from ...methods import check_method, solve_weights_torch
+from ...ops.constants import GHPP_MIN_SIN
+from ...weighting.gh import check_method, solve_weights_torch
 
 _PI = math.pi
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..._constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
+from ...ops.constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
 from .common import COL_LENGTH, COL_OUT, COL_PRESENT, COL_START, ROW, load_acc
 
 #: The narrow kernels serve up to this many sets; the wide kernels the rest (to MAX_SETS).

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import torch
 
-from ..._constants import MAX_SETS, WORK_ROW as ROW
+from ...ops.constants import MAX_SETS, WORK_ROW as ROW
 from .flat import FlatParam
 
 

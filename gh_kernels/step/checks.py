@@ -1,8 +1,8 @@
-"""Checks ``Harmonizer`` runs before it touches any ``.grad`` (errors name ``loss1``, ``params[i]`` ...).
+"""Checks the step engine runs before it touches any ``.grad`` (errors name ``loss1``, ``losses[k]``, ``params[i]`` ...).
 
-Everything that can be known before the two backward passes is checked here, so that a bad call
+Everything that can be known before the backward passes is checked here, so that a bad call
 raises with ``.grad`` untouched; what only the backward passes reveal (a sparse gradient, a graph
-already freed) is caught by ``Harmonizer``'s restore-on-failure.
+already freed) is caught by the engine's restore-on-failure.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _graph, distributed
-from ._validate import DTYPE_NAMES, SUPPORTED_DTYPES
+from . import graph as _graph
+from .. import distributed
+from ..ops.validate import DTYPE_NAMES, SUPPORTED_DTYPES
 
 
 def unique_tensors(params) -> List[torch.Tensor]:
@@ -79,30 +80,48 @@ def outside_params(reached: Sequence[dict], params: Sequence[torch.Tensor]):
     return None
 
 
-def check_graph(loss1: torch.Tensor, loss2: torch.Tensor, params: Sequence[torch.Tensor],
+def check_graph(losses: Sequence[torch.Tensor], face, params: Sequence[torch.Tensor],
                 shared_index: Optional[List[int]]) -> None:
-    """Parameters the losses reach must be in ``params``; warn when ``shared`` holds loss-1-only ones."""
-    if shared_index is None and _graph.from_compiled_graph(loss2):
-        raise ValueError(
-            "loss2 comes from a torch.compile'd model: its backward gives every parameter of the compiled region a "
-            "gradient (zeros included), so the default shared (the parameters loss2 reaches) would take in the "
-            "discriminator and turn harmonization off. Pass shared= explicitly (e.g. the feature extractor and classifier)")
-    reached = [_graph.reached_parameters(loss1), _graph.reached_parameters(loss2)]
+    """Parameters the losses reach must be in ``params``; a compiled model needs ``shared=``; the two-loss
+    face warns when ``shared`` holds parameters only loss 1 reaches."""
+    two_loss = face.default_shared == "last"
+    if shared_index is None and any(_graph.from_compiled_graph(loss) for loss in (losses[-1:] if two_loss else losses)):
+        what = ("the parameters loss2 reaches) would take in the discriminator and turn harmonization off. Pass shared= "
+                "explicitly (e.g. the feature extractor and classifier)" if two_loss else
+                "the parameters at least two losses reach) would take in every task head. Pass shared= explicitly (the trunk)")
+        raise ValueError(f"{face.loss_name(len(losses) - 1 if two_loss else 0)} comes from a torch.compile'd model: its backward "
+                         "gives every parameter of the compiled region a gradient (zeros included), so the default shared ("
+                         + what)
+    reached = [_graph.reached_parameters(loss) for loss in losses]
     outside = outside_params(reached, params)
     if outside is not None:
         k, leaf = outside
+        name = face.loss_name(k)
         raise ValueError(
-            f"loss{k + 1} reaches a parameter of shape {tuple(leaf.shape)} that is not in params: backward would "
-            f"leave loss{k + 1}'s raw gradient in its .grad (without the weights or scale{k + 1}). Pass every "
-            "parameter either loss reaches (e.g. model.parameters(), the domain discriminator included)")
-    if shared_index is not None:
+            f"{name} reaches a parameter of shape {tuple(leaf.shape)} that is not in params: backward would "
+            f"leave {name}'s raw gradient in its .grad (without the weights" + (f" or scale{k + 1}" if two_loss else "")
+            + "). Pass every parameter the losses reach (e.g. model.parameters(), a domain discriminator included)")
+    if two_loss and shared_index is not None:
         only1 = [i for i in shared_index if id(params[i]) in reached[0] and id(params[i]) not in reached[1]]
         if only1:
             warnings.warn(
                 f"Harmonizer: {len(only1)} shared parameter(s) (params[{only1[0]}], ...) are reached by loss1 only "
                 "(a domain discriminator?): their gradient enlarges |g1| alone and pushes the angle toward 90 degrees, "
                 "which weakens harmonization. The released recipe computes the Gram matrix over the feature extractor "
-                "and classifier only; leave shared=None to use the parameters loss2 reaches.", stacklevel=3)
+                "and classifier only; leave shared=None to use the parameters loss2 reaches.", stacklevel=4)
+
+
+def backward_pass(params: List[torch.Tensor], loss: torch.Tensor, retain_graph: bool) -> List[Optional[torch.Tensor]]:
+    """One loss's gradients: ``.grad`` cleared, ``loss.backward()``, the new ``.grad`` of every parameter
+    (the engine restores ``.grad`` if a later step fails). A DDP reducer error gets an explanation."""
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward(retain_graph=retain_graph)
+    except RuntimeError as e:
+        explain_ddp_reducer_error(e)
+        raise
+    return [p.grad for p in params]
 
 
 _DDP_REDUCER_ERRORS = ("mark a variable ready only once", "expect_autograd_hooks_", "reducer.cpp")

@@ -1,17 +1,18 @@
 """The validated internal layer: run an op with the chosen backend on arguments already checked.
 
-The public functions (``functional.py``) and ``Harmonizer`` validate their arguments once
-(``_validate.py``) and call these; nothing below re-checks. Each function resolves the backend
+The public functions (``functional.py``) and the step engine validate their arguments
+(``validate.py``) and call these; nothing below re-checks. (The fused step runs through
+:class:`gh_kernels.plan.Plan`, which holds its ops.) Each function resolves the backend
 (:func:`gh_kernels.backends.resolve`) and calls that backend's op overload through the dispatcher.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 
-from . import backends
-from ._validate import TensorOrNone, flatten_sets
+from .. import backends
+from .validate import TensorOrNone, flatten_sets
 
 
 def gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend: Optional[str]) -> torch.Tensor:
@@ -50,24 +51,3 @@ def new_outs(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:
     """Tensors like the inputs, one per parameter (None where no set has the parameter)."""
     like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(len(sets[0]))]
     return [None if t is None else torch.empty_like(t, memory_format=torch.preserve_format) for t in like]
-
-
-def harmonize(sets: Sequence[List[TensorOrNone]], device: torch.device, out: Optional[List[torch.Tensor]], method: str,
-              kappa: float, backend: Optional[str]) -> Tuple[List[TensorOrNone], torch.Tensor, torch.Tensor]:
-    """Gram, weights and combine of two validated sets in one call of the fused op: (out, G, w)."""
-    op = backends.kernel(backends.resolve(backend, device, 2), "harmonize_")
-    return run_harmonize(op, sets, out, method, kappa)
-
-
-def run_harmonize(op, sets, out, method, kappa, cache_host=None, cache_device=None):
-    """Call a ``harmonize_`` overload on two sets; ``out=None`` gets new tensors, and parameters no set has
-    (holes in the new outs) are left out of the call. Returns (out, G, w)."""
-    out = new_outs(sets) if out is None else out
-    idx = [p for p, o in enumerate(out) if o is not None]
-    g1, g2 = sets
-    if len(idx) < len(out):
-        G, w = op([out[p] for p in idx], [g1[p] for p in idx] + [g2[p] for p in idx], None, method, float(kappa),
-                  1.0, 1.0, False, cache_host, cache_device)
-    else:
-        G, w = op(out, list(g1) + list(g2), None, method, float(kappa), 1.0, 1.0, False, cache_host, cache_device)
-    return out, G, w

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from ._memory import check_out_aliasing
+from .memory import check_out_aliasing
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 DTYPE_NAMES = "float32, bfloat16, float16 and float64"

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from ._constants import GHPP_MIN_SIN, METHODS
+from ..ops.constants import GHPP_MIN_SIN, METHODS
 
 METHOD_CODES = {name: i for i, name in enumerate(METHODS)}
 # GHPP_MIN_SIN: a float32 Gram matrix over many elements carries a relative error near 1e-6, so

@@ -50,8 +50,7 @@ reach the update, so ``GradScaler`` skips the step.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -64,23 +63,19 @@ MIN_NORM_REG = 1e-10
 _TINY = torch.finfo(torch.float64).tiny
 
 
-def _pref(options: dict, K: int, G: torch.Tensor, default: float) -> torch.Tensor:
-    p = options.get("pref_vector")
-    if p is None:
-        return torch.full((K,), default, dtype=G.dtype, device=G.device)
-    return p.to(device=G.device, dtype=G.dtype)
+def _pref(pref_vector: Optional[torch.Tensor], G: torch.Tensor, default: float) -> torch.Tensor:
+    if pref_vector is None:
+        return torch.full((G.shape[0],), default, dtype=G.dtype, device=G.device)
+    return pref_vector.to(device=G.device, dtype=G.dtype)
 
 
-def _eps(G_in_dtype: torch.dtype) -> float:
-    return torch.finfo(G_in_dtype).eps
-
-
-def mean(G, K, o, dt):
+def mean(G, *, gram_eps):
+    K = G.shape[0]
     return torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
 
 
-def sum_(G, K, o, dt):
-    return torch.ones(K, dtype=G.dtype, device=G.device)
+def sum_(G, *, gram_eps):
+    return torch.ones(G.shape[0], dtype=G.dtype, device=G.device)
 
 
 _orders: dict = {}
@@ -104,9 +99,10 @@ def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.d
     return torch.stack(rows).to(device)
 
 
-def pcgrad(G, K, o, dt):
+def pcgrad(G, *, gram_eps, generator: Optional[torch.Generator] = None):
     """PCGrad: Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1."""
-    order = visiting_order(K, o.get("generator"), G.device, others_only=False)
+    K = G.shape[0]
+    order = visiting_order(K, generator, G.device, others_only=False)
     rows = torch.arange(K, device=G.device)
     C = eye(K, G.dtype, G.device)   # projected g_i = sum_k C[i, k] g_k
     diag = G.diagonal()
@@ -120,14 +116,14 @@ def pcgrad(G, K, o, dt):
     return C.sum(0)
 
 
-def mgda(G, K, o, dt):
+def mgda(G, *, gram_eps):
     """MGDA: Desideri, C. R. Math. 2012; Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018."""
     return min_norm_simplex(regularize(normalize(G, _TINY), MIN_NORM_REG))  # all-zero G: 1/K
 
 
-def cagrad(G, K, o, dt):
+def cagrad(G, *, gram_eps, c: float = 0.4, norm_eps: float = 1e-4):
     """CAGrad: Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021, Alg. 1 (torchjd's weights)."""
-    c, norm_eps = float(o.get("c", 0.4)), float(o.get("norm_eps", 1e-4))
+    K = G.shape[0]
     Gn = normalize(G, norm_eps)
     b = Gn.sum(1) / K                                    # J g0 with g0 the mean gradient
     radius = c * (Gn.sum() / (K * K)).clamp_min(0.0).sqrt()  # c ||g0||
@@ -139,51 +135,52 @@ def cagrad(G, K, o, dt):
     return torch.where(radius > 0, torch.where(gw >= norm_eps, lifted, torch.zeros_like(base)), base)
 
 
-def imtl_g(G, K, o, dt):
+def imtl_g(G, *, gram_eps):
     """IMTL-G: Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; torchjd's pinv generalization."""
-    v = pinv_sym(G, _eps(dt)) @ G.diagonal().clamp_min(0.0).sqrt()
+    v = pinv_sym(G, gram_eps) @ G.diagonal().clamp_min(0.0).sqrt()
     s = v.sum()
     return torch.where(s.abs() < 1e-12, torch.zeros_like(v), v / torch.where(s.abs() < 1e-12, torch.ones_like(s), s))
 
 
-def aligned_mtl(G, K, o, dt):
+def aligned_mtl(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, scale_mode: str = "min"):
     """Aligned-MTL: Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023, Alg. 1."""
-    mode = o.get("scale_mode", "min")
+    K = G.shape[0]
     evals, V = symeig(G)
-    keep = evals > evals.max() * K * _eps(dt)
+    keep = evals > evals.max() * K * gram_eps
     inv_sqrt = torch.where(keep, torch.where(keep, evals, torch.ones_like(evals)).rsqrt(), torch.zeros_like(evals))
     kept = torch.where(keep, evals, torch.full_like(evals, float("nan")))
-    if mode == "min":
+    if scale_mode == "min":
         scale = torch.where(keep, evals, torch.full_like(evals, float("inf"))).min()
-    elif mode == "median":  # torch.median of the kept eigenvalues: the lower middle one
+    elif scale_mode == "median":  # torch.median of the kept eigenvalues: the lower middle one, picked by a mask (no index read)
         count = keep.sum()
-        scale = torch.sort(torch.where(keep, evals, torch.full_like(evals, float("inf")))).values[((count - 1) // 2).clamp_min(0)]
+        ranked = torch.sort(torch.where(keep, evals, torch.full_like(evals, float("inf")))).values
+        middle = ((count - 1) // 2).clamp_min(0)
+        scale = torch.where(torch.arange(K, device=G.device) == middle, ranked, torch.zeros_like(ranked)).sum()
     else:  # rmse: torchjd uses the mean of the kept eigenvalues
         scale = torch.nansum(kept) / keep.sum().clamp_min(1)
     B = scale.clamp_min(0.0).sqrt() * (V * inv_sqrt) @ V.T
-    p = _pref(o, K, G, 1.0 / K)
+    p = _pref(pref_vector, G, 1.0 / K)
     return torch.where(keep.any(), B @ p, p)
 
 
-def upgrad(G, K, o, dt):
+def upgrad(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
     """UPGrad: Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232 (2024)."""
-    Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
-    p = _pref(o, K, G, 1.0 / K)
-    return dual_cone_weights(Gr, torch.diag(p)).sum(0)
+    Gr = regularize(normalize(G, norm_eps), reg_eps)
+    return dual_cone_weights(Gr, torch.diag(_pref(pref_vector, G, 1.0 / G.shape[0]))).sum(0)
 
 
-def dualproj(G, K, o, dt):
+def dualproj(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
     """DualProj: Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, eq. 11."""
-    Gr = regularize(normalize(G, float(o.get("norm_eps", 1e-4))), float(o.get("reg_eps", 1e-4)))
-    return dual_cone_weights(Gr, _pref(o, K, G, 1.0 / K)[None])[0]
+    Gr = regularize(normalize(G, norm_eps), reg_eps)
+    return dual_cone_weights(Gr, _pref(pref_vector, G, 1.0 / G.shape[0])[None])[0]
 
 
-def config(G, K, o, dt):
+def config(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None):
     """ConFIG: Liu et al., "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks", ICLR 2025, eq. 2."""
     norms = G.diagonal().clamp_min(0.0).sqrt()
     inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     Gu = G * inv_norm[:, None] * inv_norm[None, :]      # Gram of the unit gradients U = D^-1 J
-    a = pinv_sym(Gu, _eps(dt)) @ _pref(o, K, G, 1.0)   # pinv(U) p = U^T a
+    a = pinv_sym(Gu, gram_eps) @ _pref(pref_vector, G, 1.0)   # pinv(U) p = U^T a
     direction_sq = (a @ Gu @ a).clamp_min(0.0)          # ||U^T a||^2
     coeff = inv_norm * a                                # direction = J^T coeff
     length = (G @ coeff).sum()                          # sum_i <g_i, direction>
@@ -191,66 +188,24 @@ def config(G, K, o, dt):
     return torch.where(direction_sq > 0, length / safe * coeff, torch.zeros_like(coeff))
 
 
-#: name -> (solver, the options it takes)
-MULTITASK_METHODS: Dict[str, Tuple[Callable, Tuple[str, ...]]] = {
-    "mean": (mean, ()),
-    "sum": (sum_, ()),
-    "pcgrad": (pcgrad, ("generator",)),
-    "mgda": (mgda, ()),
-    "cagrad": (cagrad, ("c", "norm_eps")),
-    "imtl-g": (imtl_g, ()),
-    "aligned-mtl": (aligned_mtl, ("pref_vector", "scale_mode")),
-    "upgrad": (upgrad, ("pref_vector", "norm_eps", "reg_eps")),
-    "dualproj": (dualproj, ("pref_vector", "norm_eps", "reg_eps")),
-    "config": (config, ("pref_vector",)),
+#: name -> rule. A rule is ``rule(G, *, gram_eps, **options)`` on a float64 K x K Gram matrix; its keyword
+#: parameters (other than ``gram_eps``, the rounding unit of the Gram matrix's own dtype) are the options
+#: it takes, with their defaults. The registry (``weighting/__init__.py``) reads them from the signature.
+RULES: Dict[str, Callable] = {
+    "mean": mean, "sum": sum_, "pcgrad": pcgrad, "mgda": mgda, "cagrad": cagrad, "imtl-g": imtl_g,
+    "aligned-mtl": aligned_mtl, "upgrad": upgrad, "dualproj": dualproj, "config": config,
 }
 #: Neutral weights (returned for a non-finite G) are ``pref_vector`` when given, else 1 for these, 1/K for the rest.
-_SUM_TYPE = {"sum", "pcgrad", "config"}
-STATEFUL = {"gradvac": "GradVac", "nash-mtl": "NashMTL"}
-
-
-def check_options(method: str, options: dict, K: int) -> None:
-    """Raise a ValueError naming the method and option for anything the method does not take."""
-    if method in STATEFUL:
-        raise ValueError(f"method {method!r} keeps state across steps: create gh_kernels.{STATEFUL[method]}(...) once and "
-                         f"pass it as method= (options go to its constructor)")
-    if method not in MULTITASK_METHODS:
-        names = ", ".join(repr(m) for m in MULTITASK_METHODS)
-        raise ValueError(f"method must be one of {names} (or 'gh', 'gh++', 'gh++released' for K = 2, or a "
-                         f"gh_kernels.GradVac / NashMTL object); got {method!r}")
-    allowed = MULTITASK_METHODS[method][1]
-    for name, value in options.items():
-        if name not in allowed:
-            takes = f"takes the options {', '.join(allowed)}" if allowed else "takes no options"
-            raise ValueError(f"method {method!r} {takes}; got {name}={value!r}")
-    for name in ("c", "norm_eps", "reg_eps"):
-        if name in options and not (isinstance(options[name], (int, float)) and not isinstance(options[name], bool)
-                                    and math.isfinite(options[name]) and options[name] >= 0):
-            raise ValueError(f"option {name} of {method!r} must be a finite number >= 0; got {options[name]!r}")
-    if "scale_mode" in options and options["scale_mode"] not in ("min", "median", "rmse"):
-        raise ValueError(f"option scale_mode of 'aligned-mtl' must be 'min', 'median' or 'rmse'; got {options['scale_mode']!r}")
-    if "generator" in options and options["generator"] is not None and not isinstance(options["generator"], torch.Generator):
-        raise ValueError(f"option generator of 'pcgrad' must be a torch.Generator or None; got {type(options['generator']).__name__}")
-    if "pref_vector" in options and options["pref_vector"] is not None:
-        p = options["pref_vector"]
-        if not isinstance(p, torch.Tensor):
-            try:
-                options["pref_vector"] = p = torch.as_tensor(p, dtype=torch.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"option pref_vector of {method!r} must be a tensor of {K} numbers; got {type(p).__name__}")
-        if p.shape != (K,) or not p.is_floating_point():
-            raise ValueError(f"option pref_vector of {method!r} must be a float tensor of shape ({K},); got "
-                             f"{p.dtype} of shape {tuple(p.shape)}")
+SUM_TYPE = {"sum", "pcgrad", "config"}
 
 
 @torch.no_grad()  # the weights are not differentiated (as in torchjd); no graph is recorded
-def solve(G: torch.Tensor, method: str, options: dict) -> torch.Tensor:
-    """Weights of a checked ``method``/``options`` for a validated K x K Gram ``G`` (K >= 2), in G's dtype."""
+def solve(G: torch.Tensor, rule: Callable, neutral: float, options: dict) -> torch.Tensor:
+    """Weights of a checked rule for a validated K x K Gram ``G`` (K >= 2), in float64 (the registry
+    converts to the weights dtype). A non-finite G gives ``pref_vector`` or ``neutral`` per task."""
     K = G.shape[0]
-    fn = MULTITASK_METHODS[method][0]
     G64 = G.to(torch.float64)
     finite = torch.isfinite(G64).all()
     G64 = torch.where(finite, 0.5 * (G64 + G64.T), eye(K, torch.float64, G.device))
-    w = fn(G64, K, options, G.dtype)
-    neutral = _pref(options, K, G64, 1.0 if method in _SUM_TYPE else 1.0 / K)
-    return torch.where(finite, w, neutral).to(G.dtype)
+    w = rule(G64, gram_eps=torch.finfo(G.dtype).eps, **options)
+    return torch.where(finite, w, _pref(options.get("pref_vector"), G64, neutral))

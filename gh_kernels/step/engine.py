@@ -1,0 +1,222 @@
+"""The one K-loss training step behind ``Harmonizer`` (K = 2, GH rules, ``scale1``/``scale2``) and
+``MultiTaskHarmonizer`` (any K and method). :meth:`Engine.step` replaces ``sum(losses).backward()``:
+
+1. check the call: losses, scales, the method for this K (options, backend, a stateful method's K)
+   and, once, the graph (every parameter a loss reaches is in ``params``) -- nothing touched yet;
+2. K backward passes, the last loss first (each keeps the graph for the next);
+3. fill and reduce across ranks (``sync="global"``/``"local"``);
+4. the Gram matrix over ``shared``, the weights, and the write into ``.grad``: one
+   :meth:`Plan.run <gh_kernels.plan.Plan.run>` over every parameter in the common case (NOTE:
+   [Fused step]), else a Gram pass, the solve and one combine per group (``write.py``);
+5. a stateful method's new state is committed last (NOTE: [State changes after success]).
+
+All or nothing: when anything in 1-4 raises, every ``.grad`` is put back, the method's state and a
+``generator``'s draws are rolled back, and nothing was written: every write target is checked
+before the first write (NOTE: [Checked before written]).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .. import backends, distributed
+from ..ops import dispatch
+from ..ops.library import result_dtype
+from ..ops.validate import check_sets
+from ..plan import Plan, scaled
+from ..weighting import Pending, check_backend_name, resolve
+from . import checks, write
+
+MODES = ("reweight", "surgery")
+
+
+@dataclass(frozen=True)
+class Face:
+    """What differs between the two public faces: how losses are named in errors and what ``shared=None`` means."""
+
+    loss_name: Callable[[int], str]   # k -> "loss1" / "losses[k]"
+    default_shared: str               # "last": what the last loss reaches; "two": what at least two losses reach
+
+
+@dataclass
+class StepState:
+    """One call's ``.grad`` before the step: as stored (DTensors stay DTensors) and their local tensors."""
+
+    previous: List[Optional[torch.Tensor]]
+    previous_local: List[Optional[torch.Tensor]]
+
+
+class Engine:
+    """See the module docstring. ``method``/``options`` are resolved per K (first use of each K)."""
+
+    def __init__(self, params, *, face: Face, shared=None, method="upgrad", options: Optional[dict] = None,
+                 mode: str = "reweight", backend: Optional[str] = None, sync: Optional[str] = None, process_group=None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}; got {mode!r}")
+        if sync not in distributed.SYNC_MODES:
+            raise ValueError(f"sync must be one of None, 'global', 'local', 'sharded'; got {sync!r}")
+        check_backend_name(backend)
+        self.face, self.method, self.options = face, method, dict(options or {})
+        self.params: List[torch.Tensor] = checks.unique_tensors(params)
+        if not self.params:
+            raise ValueError("params is empty: pass every parameter the losses reach")
+        checks.check_params(self.params)
+        self.shared_index: Optional[List[int]] = checks.shared_index(self.params, shared)
+        chosen = set(self.shared_index or ())
+        self.is_shared = None if shared is None else [i in chosen for i in range(len(self.params))]
+        self.device = distributed.local(self.params[0]).device
+        checks.check_sync(sync)
+        backends.resolve(backend, self.device, 2)  # an unusable backend fails here
+        self.mode, self.backend, self.sync, self.process_group = mode, backend, sync, process_group
+        self.graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
+        self._plans: Dict[int, Plan] = {}
+        self.fused = True  # False forces the grouped path (the tests compare the two)
+
+    # -- 1. checks -----------------------------------------------------------------------------------
+    def plan_for(self, K: int) -> Plan:
+        """The plan for K losses (built once per K; a stateful method's K is checked every call)."""
+        if K not in self._plans:
+            self._plans[K] = Plan(resolve(self.method, K, self.options, backend=self.backend), self.device, self.backend)
+        plan = self._plans[K]
+        if plan.weighting.stateful is not None:
+            plan.weighting.stateful.check_tasks(K)
+        return plan
+
+    def _check_call(self, losses, scales) -> Plan:
+        for k, loss in enumerate(losses):
+            checks.check_loss(loss, self.face.loss_name(k))
+        if scales is not None:
+            for k, s in enumerate(scales):
+                if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                    raise ValueError(f"scale{k + 1} must be a finite number; got {s!r}")
+        checks.check_sync(self.sync)
+        plan = self.plan_for(len(losses))
+        if not self.graph_checked:
+            checks.check_graph(losses, self.face, self.params, self.shared_index)
+            self.graph_checked = True
+        return plan
+
+    # -- the step ------------------------------------------------------------------------------------
+    def step(self, losses: Sequence[torch.Tensor], scales: Optional[Sequence[float]] = None, retain_graph: bool = False):
+        """Steps 1-5 of the module docstring; returns ``(G, w)`` (w before ``scales``)."""
+        plan = self._check_call(losses, scales)
+        K = len(losses)
+        previous = [p.grad for p in self.params]
+        state = StepState(previous, [distributed.local(g) for g in previous])
+        pending = Pending()
+        try:
+            wrapped: List[List[Optional[torch.Tensor]]] = [None] * K
+            for k in reversed(range(K)):  # the last loss first; the first one frees the graph
+                wrapped[k] = checks.backward_pass(self.params, losses[k], retain_graph or k > 0)
+            sets = [[distributed.local(t) for t in s] for s in wrapped]
+            if self.sync in ("global", "local"):
+                distributed.fill_and_reduce(sets, wrapped, self.params, self.device, self.sync, self.process_group)
+            result = self._fused(plan, state, sets, wrapped, scales)
+            if result is None:
+                result = self._grouped(plan, state, sets, wrapped, scales)
+            G, w, pending, found = result
+        except BaseException:
+            pending.rollback()
+            for p, g in zip(self.params, previous):
+                p.grad = g
+            raise
+        write.assign(self.params, found, previous)
+        pending.commit()
+        return G, w
+
+    def _names(self, K: int) -> List[str]:
+        return [f"the {self.face.loss_name(k)} gradient of params" for k in range(K)]
+
+    def _gram_mask(self, sets, index: List[int]) -> List[bool]:
+        if self.is_shared is not None:
+            return [self.is_shared[i] for i in index]
+        if self.face.default_shared == "last":
+            return [sets[-1][i] is not None for i in index]
+        return [sum(s[i] is not None for s in sets) >= 2 for i in index]
+
+    def _fused(self, plan: Plan, state: StepState, sets, wrapped, scales):
+        """NOTE: [Fused step] over every parameter with a gradient, or None when the step needs the grouped path."""
+        if not self.fused or self.mode != "reweight" or self.sync not in (None, "global"):
+            return None
+        found = write.targets(state, sets, wrapped, None, defer_previous=False)
+        if not found or len({t.accumulate for t in found}) != 1:
+            return None
+        index = [t.index for t in found]
+        full = len(index) == len(self.params)
+        flat = [t for s in sets for t in s] if full else [s[i] for s in sets for i in index]
+        out = [t.out for t in found]
+        mask = self._gram_mask(sets, index)
+        names = self._names(len(sets))
+        if not plan.checks_in_op:
+            self._python_checks(sets, found, names)
+        try:
+            G, w, pending = plan.run(out, flat, None if all(mask) else mask, scales, found[0].accumulate)
+        except (RuntimeError, TypeError):
+            self._python_checks(sets, found, names)  # names the parameter when the Python rules see the problem
+            raise
+        if G.device.type == "meta" and self.device.type != "meta":  # a meta tensor reached the op: its fake kernel ran
+            pending.rollback()
+            self._python_checks(sets, found, names)
+        return G, w, pending, found
+
+    def _python_checks(self, sets, found, names) -> None:
+        check_sets(sets, names)
+        write.check_targets(found, sets, names)
+
+    def _grouped(self, plan: Plan, state: StepState, sets, wrapped, scales):
+        K = len(sets)
+        names = self._names(K)
+        device = self.device if all(t is None for s in sets for t in s) else check_sets(sets, names)
+        shared = self._gram_mask(sets, list(range(len(self.params))))
+        G = self._gram(sets, shared, device)
+        w, pending = plan.weighting.solve(G)
+        found = write.targets(state, sets, wrapped, [not s for s in shared] if self.mode == "surgery" else None,
+                              defer_previous=self.sync == "local")
+        try:
+            if found:
+                write.check_targets(found, sets, names)
+            ones = torch.ones(K, dtype=w.dtype, device=device)
+            write.write_groups(found, sets, scaled(w, scales), scaled(ones, scales), self.backend, device)
+            if self.sync == "local":
+                write.finish_local(found, state, self.process_group)
+        except BaseException:
+            pending.rollback()
+            raise
+        return G, w, pending, found
+
+    def _gram(self, sets, shared: List[bool], device) -> torch.Tensor:
+        index = [i for i, s in enumerate(shared) if s]
+        sub = [[s[i] for i in index] for s in sets]
+        if any(t is not None and t.numel() > 0 for s in sub for t in s):
+            G = dispatch.gram(sub, device, self.backend)
+        else:
+            G = torch.zeros(len(sets), len(sets), dtype=result_dtype([t for s in sets for t in s]), device=device)
+        if self.sync == "sharded":
+            G = distributed.all_reduce_sum_(G.contiguous(), self.process_group)  # every rank, even with an empty shard
+        return G
+
+    # -- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"method": the stateful method's state_dict() or None, "generator_state": a generator option's
+        state or None}`` (torch.optim's convention: load it into an engine built with the same arguments)."""
+        stateful = self.method if hasattr(self.method, "state_dict") else None
+        generator = self.options.get("generator")
+        return {"method": None if stateful is None else stateful.state_dict(),
+                "generator_state": None if generator is None else generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or set(state_dict) != {"method", "generator_state"}:
+            raise ValueError("state_dict must be what state_dict() returned (keys 'method', 'generator_state')")
+        stateful = self.method if hasattr(self.method, "load_state_dict") else None
+        generator = self.options.get("generator")
+        if (state_dict["method"] is None) != (stateful is None):
+            raise ValueError("state_dict was saved with a different kind of method (stateful or not)")
+        if (state_dict["generator_state"] is None) != (generator is None):
+            raise ValueError("state_dict and this step differ in having a generator= option")
+        if stateful is not None:
+            stateful.load_state_dict(state_dict["method"])
+        if generator is not None:
+            generator.set_state(state_dict["generator_state"])

@@ -1,0 +1,219 @@
+"""The weighting layer: every method that turns a K x K Gram matrix into K weights, and the one
+registry that resolves a ``method=`` argument for every entry point (``weights``, ``aggregate``,
+``plan``, ``Harmonizer``, ``MultiTaskHarmonizer``).
+
+* ``gh.py``: the two-task GH rules (``"sum"``, ``"gh"``, ``"gh++"``, ``"gh++released"``; K = 2),
+  run by the backends' ``weights`` kernels;
+* ``rules.py``: the stateless multi-task rules, each ``rule(G, *, gram_eps, **options)`` with its
+  options as named keyword parameters; ``solvers.py`` and ``linalg.py`` are their exact small solves;
+* ``stateful.py``: the methods with state across steps (``GradVac``, ``NashMTL``).
+
+:func:`resolve` checks a method and all its inputs up front -- K, every option (finite, in range,
+of the right shape and device), ``backend=`` -- and returns a :class:`Weighting`, so nothing is
+found wrong halfway through a call.
+
+NOTE: [Weights dtype]: the weights are float32, or float64 when the Gram matrix is float64 (float64
+gradients), for every method and every backend. A 16-bit Gram matrix (only a hand-made one: the
+kernels' Grams are float32 or float64) gives float32 weights. The multi-task rules solve in float64
+and round once at the end.
+
+A :class:`Weighting` computes ``solve(G) -> (weights, Pending)``. ``Pending`` carries the state
+change of the step (a stateful method's new state, a ``generator``'s draws): the caller commits it
+after the whole call succeeded or rolls it back when the call raises; see stateful.py's NOTE:
+[State changes after success].
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+from ..ops.constants import METHODS
+from . import rules as _rules
+from .gh import METHOD_CODES, check_method
+from .stateful import GradVac, NashMTL, StatefulMethod
+
+#: Largest K the enumerating solvers (UPGrad, DualProj, MGDA, CAGrad: 2^K small systems) accept;
+#: the other methods also stop here (a Gram matrix larger than this is not what these methods are for).
+MAX_TASKS = 12
+
+Method = Union[str, StatefulMethod]
+
+#: The multi-task methods' names; GradVac and NashMTL are objects (state across steps).
+MULTITASK_METHODS = tuple(_rules.RULES)
+STATEFUL = {"gradvac": GradVac, "nash-mtl": NashMTL}
+
+
+def weights_dtype(G: torch.Tensor) -> torch.dtype:
+    """NOTE: [Weights dtype]."""
+    return torch.float64 if G.dtype == torch.float64 else torch.float32
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Pending:
+    """A step's state change: ``commit()`` after the call succeeded, ``rollback()`` when it raised."""
+
+    commit: Callable[[], None] = _nothing
+    rollback: Callable[[], None] = _nothing
+
+
+def _generator_guard(generator: Optional[torch.Generator]) -> Callable[[], None]:
+    """A rollback that puts ``generator`` back where it was before this step's draws."""
+    if generator is None:
+        return _nothing
+    saved = generator.get_state()
+    return lambda: generator.set_state(saved)
+
+
+@dataclass
+class Weighting:
+    """A resolved method: ``solve(G)`` for a validated K x K Gram matrix returns ``(weights, Pending)``."""
+
+    name: str
+    num_tasks: int
+    gh_code: Optional[int] = None     # the two-task GH rules: the kernels' method code, and kappa
+    kappa: float = 0.5
+    rule: Optional[Callable] = None   # a stateless multi-task rule and its checked options
+    options: dict = field(default_factory=dict)
+    neutral: float = 1.0
+    stateful: Optional[StatefulMethod] = None
+    backend: Optional[str] = None
+
+    def solve(self, G: torch.Tensor) -> Tuple[torch.Tensor, Pending]:
+        if self.gh_code is not None:
+            from ..ops import dispatch
+            return dispatch.weights(G, self.name, self.kappa, self.backend), Pending()
+        dtype = weights_dtype(G)
+        if self.stateful is not None:
+            rollback = _generator_guard(self.stateful.generator)
+            w, state = self.stateful.propose(G)
+            return w.to(dtype), Pending(lambda: self.stateful.commit(state), rollback)
+        rollback = _generator_guard(self.options.get("generator"))
+        return _rules.solve(G, self.rule, self.neutral, self.options).to(dtype), Pending(rollback=rollback)
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        """Solve and commit at once (the caller has nothing else that could fail)."""
+        w, pending = self.solve(G)
+        pending.commit()
+        return w
+
+
+def check_backend_name(backend: Optional[str], where: str = "backend") -> None:
+    from ..backends import BACKENDS
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"{where} must be one of {', '.join(repr(b) for b in BACKENDS)} or None; got {backend!r}")
+
+
+def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "method",
+            backend: Optional[str] = None) -> Optional[Weighting]:
+    """Check ``method``/``options``/``backend`` for K tasks and return a :class:`Weighting` (ValueError or
+    TypeError naming what is wrong; nothing is changed). The two-task GH rules (and ``"sum"`` when
+    K = 2) run on ``backend``'s weights kernel; the other methods on the Gram matrix's device.
+    ``K=None`` checks what does not depend on K (a training step's constructor) and returns None."""
+    options = dict(options)
+    check_backend_name(backend)
+    if K is None:
+        _check_any_k(method, options, where, backend)
+        return None
+    if K < 2:
+        raise ValueError(f"{where}: K = {K} gradient set{'s' if K != 1 else ''}; the multi-task methods need at least 2 "
+                         f"(with one task there is nothing to weigh: use its gradient)")
+    if K > MAX_TASKS:
+        raise ValueError(f"{where}: K = {K} tasks is above the {MAX_TASKS} the multi-task solvers take")
+    if isinstance(method, StatefulMethod):
+        if options:
+            raise ValueError(f"{where}: a {type(method).__name__} object takes its options in its constructor; got "
+                             f"{', '.join(options)}")
+        method.check_tasks(K, where)
+        return Weighting(method.name, K, stateful=method, backend=backend)
+    if not isinstance(method, str):
+        raise TypeError(f"{where} must be a method name or a gh_kernels.GradVac / NashMTL object; got {type(method).__name__}")
+    if method in METHOD_CODES and (method != "sum" or K == 2):
+        if K != 2:
+            raise ValueError(f"{where}={method!r} is a two-task rule (K = 2); got K = {K}")
+        kappa = options.pop("kappa", 0.5)
+        if options:
+            raise ValueError(f"method {method!r} takes the option kappa only; got {', '.join(options)}")
+        check_method(method, kappa)
+        return Weighting(method, 2, gh_code=METHOD_CODES[method], kappa=float(kappa), backend=backend)
+    if method in STATEFUL:
+        raise ValueError(f"method {method!r} keeps state across steps: create gh_kernels.{STATEFUL[method].__name__}(...) "
+                         "once and pass it as method= (options go to its constructor)")
+    if method not in _rules.RULES:
+        names = ", ".join(repr(m) for m in MULTITASK_METHODS)
+        raise ValueError(f"method must be one of {names} (or {', '.join(repr(m) for m in METHODS[1:])} for K = 2, or a "
+                         f"gh_kernels.GradVac / NashMTL object); got {method!r}")
+    rule = _rules.RULES[method]
+    check_options(method, rule, options, K)
+    neutral = 1.0 if method in _rules.SUM_TYPE else 1.0 / K
+    return Weighting(method, K, rule=rule, options=options, neutral=neutral, backend=backend)
+
+
+def _check_any_k(method: Method, options: dict, where: str, backend: Optional[str]) -> None:
+    """The checks of :func:`resolve` that hold for every K (a ``pref_vector`` is checked for its own length)."""
+    if isinstance(method, StatefulMethod):
+        resolve(method, max(method.num_tasks or 2, 2), options, where=where, backend=backend)
+    elif method in METHOD_CODES and method != "sum":
+        resolve(method, 2, options, where=where, backend=backend)
+    else:
+        pref = options.get("pref_vector")
+        K = 2 if pref is None else (len(pref) if not isinstance(pref, torch.Tensor) or pref.dim() == 1 else -1)
+        resolve(method, min(max(K, 2), MAX_TASKS), options, where=where, backend=backend)
+
+
+def rule_options(rule: Callable) -> Tuple[str, ...]:
+    """The options a rule takes: its keyword parameters other than ``gram_eps``."""
+    return tuple(name for name, p in inspect.signature(rule).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and name != "gram_eps")
+
+
+def _finite_at_least(method: str, name: str, value, low: float) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low):
+        raise ValueError(f"option {name} of {method!r} must be a finite number >= {low:g}; got {value!r}")
+
+
+def check_options(method: str, rule: Callable, options: dict, K: int) -> None:
+    """Check every option up front (ValueError naming the method and option); ``pref_vector`` becomes a
+    float64 tensor of shape (K,) in ``options``."""
+    allowed = rule_options(rule)
+    for name, value in options.items():
+        if name not in allowed:
+            takes = f"takes the options {', '.join(allowed)}" if allowed else "takes no options"
+            raise ValueError(f"method {method!r} {takes}; got {name}={value!r}")
+    for name in ("c", "norm_eps", "reg_eps"):
+        if name in options:
+            _finite_at_least(method, name, options[name], 0.0)
+    if "scale_mode" in options and options["scale_mode"] not in ("min", "median", "rmse"):
+        raise ValueError(f"option scale_mode of 'aligned-mtl' must be 'min', 'median' or 'rmse'; got {options['scale_mode']!r}")
+    if "generator" in options and options["generator"] is not None and not isinstance(options["generator"], torch.Generator):
+        raise ValueError(f"option generator of {method!r} must be a torch.Generator or None; got "
+                         f"{type(options['generator']).__name__}")
+    if options.get("pref_vector") is not None:
+        options["pref_vector"] = _check_pref(method, options["pref_vector"], K)
+
+
+def _check_pref(method: str, p, K: int) -> torch.Tensor:
+    where = f"option pref_vector of {method!r}"
+    if not isinstance(p, torch.Tensor):
+        try:
+            p = torch.as_tensor(p, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{where} must be a tensor of {K} numbers; got {type(p).__name__}") from None
+    if p.layout is not torch.strided or p.device.type == "meta":
+        raise ValueError(f"{where} must be a dense tensor with data; got a {p.layout} tensor on {p.device}")
+    if p.shape != (K,) or not p.is_floating_point():
+        raise ValueError(f"{where} must be a float tensor of shape ({K},); got {p.dtype} of shape {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()):  # read once here (a sync for a GPU tensor), never during a step
+        raise ValueError(f"{where} must be finite; got {p.tolist()}")
+    return p.detach().to(torch.float64)
+
+
+__all__ = ["GradVac", "NashMTL", "StatefulMethod", "MULTITASK_METHODS", "STATEFUL", "MAX_TASKS", "Method", "Pending",
+           "Weighting", "resolve", "weights_dtype", "check_backend_name"]
