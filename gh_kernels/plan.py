@@ -64,6 +64,7 @@ class Plan:
         self.combine_op = backends.kernel(self.backend, "combine_")
         self.cache_host = torch.empty(0, dtype=torch.uint8)
         self.cache_device = torch.empty(0, dtype=torch.uint8, device=device) if device.type == "cuda" else None
+        self._mask = None
 
     # -- the computation ---------------------------------------------------------------------------
     def run(self, out: List[torch.Tensor], flat: List[TensorOrNone], gram_mask: Optional[List[bool]],
@@ -73,7 +74,7 @@ class Plan:
         Returns ``(G, w, pending)``; ``pending`` is the method's state change, not yet committed."""
         P = len(out)
         if self.fused_op is not None:
-            mask = None if gram_mask is None else torch.tensor(gram_mask, dtype=torch.bool)
+            mask = None if gram_mask is None else self._mask_tensor(gram_mask)
             s1, s2 = (1.0, 1.0) if scales is None else scales
             G, w = self.fused_op(out, flat, mask, self.weighting.name, self.weighting.kappa, float(s1), float(s2),
                                  accumulate, self.cache_host, self.cache_device)
@@ -91,6 +92,12 @@ class Plan:
             pending.rollback()
             raise
         return G, w, pending
+
+    def _mask_tensor(self, gram_mask: List[bool]) -> torch.Tensor:
+        """The op's CPU bool mask; built once for a list the caller passes again (the engine's planned mask)."""
+        if self._mask is None or self._mask[0] is not gram_mask:
+            self._mask = (gram_mask, torch.tensor(gram_mask, dtype=torch.bool))
+        return self._mask[1]
 
     # -- the public call ---------------------------------------------------------------------------
     def __call__(self, *sets: GradSet, out: Optional[Sequence[torch.Tensor]] = None) -> HarmonizeOutput:

@@ -67,6 +67,8 @@ class Engine:
         self.shared_index: Optional[List[int]] = checks.shared_index(self.params, shared)
         chosen = set(self.shared_index or ())
         self.is_shared = None if shared is None else [i in chosen for i in range(len(self.params))]
+        # DTensor parameters (FSDP2): the kernels see their local shards; plain tensors skip the per-tensor unwrap.
+        self.local = distributed.local if any(type(p).__name__ == "DTensor" for p in self.params) else None
         self.device = distributed.local(self.params[0]).device
         checks.check_sync(sync)
         backends.resolve(backend, self.device, 2)  # an unusable backend fails here
@@ -74,6 +76,7 @@ class Engine:
         self.graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
         self._plans: Dict[int, Plan] = {}
         self.fused = True  # False forces the grouped path (the tests compare the two)
+        self._all_shared = self.is_shared is not None and all(self.is_shared)  # the fused call then needs no mask
 
     # -- 1. checks -----------------------------------------------------------------------------------
     def plan_for(self, K: int) -> Plan:
@@ -105,13 +108,14 @@ class Engine:
         plan = self._check_call(losses, scales)
         K = len(losses)
         previous = [p.grad for p in self.params]
-        state = StepState(previous, [distributed.local(g) for g in previous])
+        state = StepState(previous, previous if self.local is None else [self.local(g) for g in previous])
         pending = Pending()
         try:
             wrapped: List[List[Optional[torch.Tensor]]] = [None] * K
             for k in reversed(range(K)):  # the last loss first; the first one frees the graph
                 wrapped[k] = checks.backward_pass(self.params, losses[k], retain_graph or k > 0)
-            sets = [[distributed.local(t) for t in s] for s in wrapped]
+            current = list(wrapped[0])  # what .grad holds now
+            sets = wrapped if self.local is None else [[self.local(t) for t in s] for s in wrapped]
             if self.sync in ("global", "local"):
                 distributed.fill_and_reduce(sets, wrapped, self.params, self.device, self.sync, self.process_group)
             result = self._fused(plan, state, sets, wrapped, scales)
@@ -123,7 +127,7 @@ class Engine:
             for p, g in zip(self.params, previous):
                 p.grad = g
             raise
-        write.assign(self.params, found, previous)
+        write.assign(self.params, found, previous, current)
         pending.commit()
         return G, w
 
@@ -142,18 +146,21 @@ class Engine:
         if not self.fused or self.mode != "reweight" or self.sync not in (None, "global"):
             return None
         found = write.targets(state, sets, wrapped, None, defer_previous=False)
-        if not found or len({t.accumulate for t in found}) != 1:
+        if not len(found) or len(set(found.accumulate)) != 1:
             return None
-        index = [t.index for t in found]
+        index = found.index
         full = len(index) == len(self.params)
         flat = [t for s in sets for t in s] if full else [s[i] for s in sets for i in index]
-        out = [t.out for t in found]
-        mask = self._gram_mask(sets, index)
+        if full and self.is_shared is not None:  # planned once: the same list object every step
+            mask = None if self._all_shared else self.is_shared
+        else:
+            mask = self._gram_mask(sets, index)
+            mask = None if all(mask) else mask
         names = self._names(len(sets))
         if not plan.checks_in_op:
             self._python_checks(sets, found, names)
         try:
-            G, w, pending = plan.run(out, flat, None if all(mask) else mask, scales, found[0].accumulate)
+            G, w, pending = plan.run(found.out, flat, mask, scales, found.accumulate[0])
         except (RuntimeError, TypeError):
             self._python_checks(sets, found, names)  # names the parameter when the Python rules see the problem
             raise

@@ -2,8 +2,8 @@
 to get it there.
 
 A parameter with an earlier ``.grad`` (gradient accumulation) gets the combined gradient added to it
-in place; one without gets it written in place into its last present fresh gradient, which then
-becomes its ``.grad`` (no new memory). A :class:`Target` records that choice per parameter.
+in place; one without gets it written in place into its first present fresh gradient, which then
+becomes its ``.grad`` (no new memory). :class:`Targets` records that choice per parameter.
 
 * :func:`fused_targets`: the common case (reweight mode, every present parameter accumulating or
   none): one :meth:`Plan.run <gh_kernels.plan.Plan.run>` over all of them (NOTE: [Fused step]).
@@ -29,67 +29,88 @@ from ..ops.validate import check_out
 
 
 @dataclass
-class Target:
-    """Where parameter ``index``'s combined gradient is written: ``out`` (the local tensor, added to when
-    ``accumulate``) and ``grad`` (what its ``.grad`` becomes: ``out`` or the DTensor around it)."""
+class Targets:
+    """Where each parameter's combined gradient is written (one entry per parameter that has a gradient in
+    some set; a record of lists, built with list comprehensions: this runs every step over every parameter).
 
-    index: int
-    out: torch.Tensor
-    grad: torch.Tensor
-    accumulate: bool
-    plain: bool = False  # surgery mode, outside shared: the plain (scaled) sum, not the method's weights
+    ``index[j]``: the parameter; ``out[j]``: the local tensor written (added to when ``accumulate[j]``);
+    ``grad[j]``: what its ``.grad`` becomes (``out[j]`` or the DTensor around it); ``plain[j]``: surgery
+    mode outside ``shared`` (the plain scaled sum, not the method's weights)."""
 
+    index: List[int]
+    out: List[torch.Tensor]
+    grad: List[torch.Tensor]
+    accumulate: List[bool]
+    plain: Optional[List[bool]] = None
 
-def targets(step, sets, wrapped, plain_mask: Optional[List[bool]], defer_previous: bool) -> List[Target]:
-    """One :class:`Target` per parameter that has a gradient in some set (``step``: the engine's
-    ``StepState``). ``defer_previous`` (sync="local"): fresh results first, the earlier ``.grad`` added
-    after the all-reduce."""
-    found = []
-    K = len(sets)
-    for i in range(len(step.previous)):
-        present = [k for k in range(K) if sets[k][i] is not None]
-        if not present:
-            continue
-        plain = plain_mask is not None and plain_mask[i]
-        if step.previous_local[i] is not None and not defer_previous:
-            found.append(Target(i, step.previous_local[i], step.previous[i], True, plain))
-        else:
-            k = present[-1]
-            found.append(Target(i, sets[k][i], wrapped[k][i], False, plain))
-    return found
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, keep: List[int]) -> "Targets":
+        pick = lambda values: [values[j] for j in keep]  # noqa: E731
+        return Targets(pick(self.index), pick(self.out), pick(self.grad), pick(self.accumulate),
+                       None if self.plain is None else pick(self.plain))
 
 
-def check_targets(found: List[Target], sets, names) -> None:
+def first_present(sets):
+    """Per parameter, the first set's tensor that is not None (None when no set has one)."""
+    chosen = list(sets[0])
+    for s in sets[1:]:
+        chosen = [c if c is not None else t for c, t in zip(chosen, s)]
+    return chosen
+
+
+def targets(step, sets, wrapped, plain_mask: Optional[List[bool]], defer_previous: bool) -> Targets:
+    """The :class:`Targets` of a step (``step``: the engine's ``StepState``). A parameter with an earlier
+    ``.grad`` is added to it; one without is written in place into its first present fresh gradient (the
+    first loss's backward ran last, so that is usually already its ``.grad``). ``defer_previous``
+    (sync="local"): fresh results first, the earlier ``.grad`` added after the all-reduce."""
+    fresh = first_present(sets)
+    fresh_wrapped = fresh if wrapped is sets else first_present(wrapped)
+    index = [i for i, t in enumerate(fresh) if t is not None]
+    previous, previous_local = step.previous, step.previous_local
+    if defer_previous:
+        accumulate = [False] * len(index)
+    else:
+        accumulate = [previous_local[i] is not None for i in index]
+    out = [previous_local[i] if acc else fresh[i] for i, acc in zip(index, accumulate)]
+    grad = [previous[i] if acc else fresh_wrapped[i] for i, acc in zip(index, accumulate)]
+    plain = None if plain_mask is None else [plain_mask[i] for i in index]
+    return Targets(index, out, grad, accumulate, plain)
+
+
+def check_targets(found: Targets, sets, names) -> None:
     """NOTE: [Checked before written]: every target against every gradient, in one ``check_out``."""
-    idx = [t.index for t in found]
-    check_out([t.out for t in found], [[s[i] for i in idx] for s in sets], name="the .grad of params",
-              set_names=names)
+    check_out(found.out, [[s[i] for i in found.index] for s in sets], name="the .grad of params", set_names=names)
 
 
-def write_groups(found: List[Target], sets, weights: torch.Tensor, plain_weights: torch.Tensor, backend, device) -> None:
+def write_groups(found: Targets, sets, weights: torch.Tensor, plain_weights: torch.Tensor, backend, device) -> None:
     """One combine per (plain, accumulate) group; the targets were checked (NOTE: [Checked before written])."""
     groups = {}
-    for t in found:
-        groups.setdefault((t.plain, t.accumulate), []).append(t)
-    for (plain, accumulate), members in groups.items():
-        idx = [t.index for t in members]
-        dispatch.combine(plain_weights if plain else weights, [[s[i] for i in idx] for s in sets], device,
-                         [t.out for t in members], accumulate, backend)
+    plain = found.plain or [False] * len(found)
+    for j, key in enumerate(zip(plain, found.accumulate)):
+        groups.setdefault(key, []).append(j)
+    for (use_plain, accumulate), members in groups.items():
+        idx = [found.index[j] for j in members]
+        dispatch.combine(plain_weights if use_plain else weights, [[s[i] for i in idx] for s in sets], device,
+                         [found.out[j] for j in members], accumulate, backend)
 
 
-def finish_local(found: List[Target], step, process_group) -> None:
+def finish_local(found: Targets, step, process_group) -> None:
     """sync="local": average the fresh results over the ranks, then add the earlier ``.grad``."""
-    distributed.all_reduce_mean_([t.out for t in found], process_group)
-    for t in found:
-        if step.previous_local[t.index] is not None:
-            step.previous_local[t.index].add_(t.out)
-            t.grad = step.previous[t.index]
+    distributed.all_reduce_mean_(found.out, process_group)
+    for j, i in enumerate(found.index):
+        if step.previous_local[i] is not None:
+            step.previous_local[i].add_(found.out[j])
+            found.grad[j] = step.previous[i]
 
 
-def assign(params, found: List[Target], previous) -> None:
-    """Every ``.grad``: its target's tensor, or what it was before the step (no gradient this step)."""
+def assign(params, found: Targets, previous, current) -> None:
+    """Every ``.grad``: its target's tensor, or ``previous`` (no gradient this step). ``current``: what
+    ``.grad`` holds now (after the last backward pass); only changes are assigned."""
     grads = list(previous)
-    for t in found:
-        grads[t.index] = t.grad
-    for p, g in zip(params, grads):
-        p.grad = g
+    for i, g in zip(found.index, found.grad):
+        grads[i] = g
+    for p, now, g in zip(params, current, grads):
+        if now is not g:
+            p.grad = g
