@@ -18,7 +18,7 @@ import torch
 
 import gh_kernels
 
-from . import e2e, hostcost, micro, presets, report, timing
+from . import e2e, hostcost, micro, presets, report, stepcost, timing
 
 
 def device_name(device: torch.device) -> str:
@@ -64,8 +64,11 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # host cost per call is measured on one thread (the host-cost issue's setting)
     host_rows = hostcost.measure(device, rounds=p.hostcost_rounds)
+    step_rows = [] if device.type != "cpu" or args.smoke else stepcost.measure(rounds=20 if args.quick else 80)
     torch.set_num_threads(threads)
     report.write_csv(os.path.join(outdir, "hostcost.csv"), host_rows)
+    if step_rows:
+        report.write_csv(os.path.join(outdir, "stepcost.csv"), step_rows)
 
     e2e_rows, match = [], {}
     if not args.no_e2e:
@@ -100,6 +103,9 @@ def main(argv=None):
                report.micro_table(micro_rows, copy_gbps), "",
                "## host cost per call (1 thread, tensors of 8 elements, interleaved; bench/hostcost.py)", "",
                hostcost.table(host_rows), ""]
+    if step_rows:
+        summary += ["## a training step over K plain backward passes (602 small tensors, 1 thread; bench/stepcost.py)", "",
+                    stepcost.table(step_rows), ""]
     if e2e_rows:
         summary += ["## one training step (DANN head)", "", report.e2e_table(e2e_rows), "",
                     "Released recipe vs `Harmonizer(mode='reweight')`, max relative `.grad` difference: "
