@@ -17,6 +17,9 @@ Layout: the public modules at the top; the layers below them in ``ops/`` (op sch
 checks, dispatch), ``weighting/`` (every method, one registry), ``step/`` (the training-step engine)
 and ``backends/`` (one package per kernel implementation). docs/ARCHITECTURE.md walks through a call.
 """
+import sys as _sys
+import warnings as _warnings
+
 from .ops import library as _library  # noqa: F401  (defines the ops before any backend registers kernels)
 from .backends import BackendUnavailable, available_backends, load_backends
 from .backends.cpp import extension_error
@@ -26,13 +29,29 @@ from .layers import GradReverse, grad_reverse
 from .ops.constants import METHODS
 from .plan import Plan, plan
 from .weighting import MULTITASK_METHODS, GradVac, NashMTL
+from . import harmonizer as _harmonizer, weighting as _weighting
 
 load_backends()
 
 __version__ = "0.2.0"
 
-#: Deprecated alias of :class:`Plan` (the two-set plan is now the K-set plan).
-HarmonizePlan = Plan
+# Names of the 0.1 layout, kept importable with a DeprecationWarning on attribute access
+# (``import gh_kernels.methods`` style imports resolve through sys.modules, without the warning).
+_MOVED = {"HarmonizePlan": ("gh_kernels.Plan", lambda: Plan),
+          "methods": ("gh_kernels.weighting.gh", lambda: _weighting.gh),
+          "multitask": ("gh_kernels.weighting", lambda: _weighting),
+          "multitask_harmonizer": ("gh_kernels.harmonizer", lambda: _harmonizer)}
+for _old, _new in (("methods", "gh"), ("multitask", None)):
+    _sys.modules.setdefault(f"gh_kernels.{_old}", _weighting if _new is None else getattr(_weighting, _new))
+_sys.modules.setdefault("gh_kernels.multitask_harmonizer", _harmonizer)
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        new, value = _MOVED[name]
+        _warnings.warn(f"gh_kernels.{name} is deprecated and will be removed; use {new}", DeprecationWarning, stacklevel=2)
+        return value()
+    raise AttributeError(f"module 'gh_kernels' has no attribute {name!r}")
 
 __all__ = [
     "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "aggregate", "AggregateOutput", "plan", "Plan",

@@ -299,3 +299,15 @@ def test_stateful_state_dict_roundtrip_and_refusals(cls):
     with pytest.raises(ValueError, match="beta|max_norm"):
         other.load_state_dict(state)
     assert all(getattr(other, key) is None for key in cls.STATE)
+
+
+def test_old_names_warn_and_still_work(gen):
+    g1, g2 = [torch.randn(5, generator=gen)], [torch.randn(5, generator=gen)]
+    with pytest.warns(DeprecationWarning, match="gh_kernels.Plan"):
+        cls = gh_kernels.HarmonizePlan
+    assert cls is gh_kernels.Plan
+    with pytest.warns(DeprecationWarning, match="gh_kernels.weighting.gh"):
+        assert gh_kernels.methods.check_method("gh", 0.5) == 1
+    from gh_kernels.multitask import GradVac  # the 0.1 import path
+    assert GradVac is gh_kernels.GradVac
+    assert gh_kernels.plan(g1, g2)(g1, g2).out[0].shape == (5,)

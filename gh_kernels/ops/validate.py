@@ -139,7 +139,7 @@ def _check_storage(t: torch.Tensor, where: str) -> None:
 def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], name: str = "out",
               set_names: Optional[Sequence[str]] = None) -> None:
     """``out[p]`` must exist, match the inputs' shape, dtype and device, not be tracked by autograd,
-    and share memory only as ``_memory.check_out_aliasing`` allows. Raises before anything is written."""
+    and share memory only as ``memory.check_out_aliasing`` allows. Raises before anything is written."""
     n = len(sets[0])
     if len(out) != n:
         raise ValueError(f"{name} has {len(out)} tensors but the gradient sets have {n}")

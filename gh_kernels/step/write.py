@@ -5,14 +5,14 @@ A parameter with an earlier ``.grad`` (gradient accumulation) gets the combined 
 in place; one without gets it written in place into its first present fresh gradient, which then
 becomes its ``.grad`` (no new memory). :class:`Targets` records that choice per parameter.
 
-* :func:`fused_targets`: the common case (reweight mode, every present parameter accumulating or
+* the common case (reweight mode, every present parameter accumulating or
   none): one :meth:`Plan.run <gh_kernels.plan.Plan.run>` over all of them (NOTE: [Fused step]).
-* :func:`grouped_write`: everything else (surgery's plain parameters, ``sync="local"``, a mix of
+* :func:`write_groups`: everything else (surgery's plain parameters, ``sync="local"``, a mix of
   accumulating and fresh parameters): one combine per group sharing (weights, accumulate).
 
 NOTE: [Checked before written]: a write can fail its checks -- two parameters sharing one earlier
-``.grad`` tensor, an earlier ``.grad`` that requires grad (after ``backward(create_graph=True)``), an
-inference tensor. Every target is checked against every gradient before the first byte is written
+``.grad`` tensor, an earlier ``.grad`` that requires grad (after ``backward(create_graph=True)``).
+Every target is checked against every gradient before the first byte is written
 (by the C++ op for a single fused call on the C++ backends, else by :func:`check_targets` over all
 groups at once), so a refused write leaves every ``.grad`` as it was.
 """

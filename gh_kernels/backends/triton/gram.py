@@ -6,7 +6,7 @@ Each program reads its chunk of every set once, accumulates all K(K+1)/2 product
 (``BLOCK``-wide accumulators, 16-byte vector loads when every pointer is 16-byte aligned) and
 writes them into its own row of ``partials`` (fixed slots). ``_gram_finalize`` then sums the
 rows in a fixed order in float64: deterministic, no atomics. Partial columns follow
-``_constants.pair_column`` for MAX_SETS sets; pairs beyond K stay zero.
+``ops.constants.pair_column`` for MAX_SETS sets; pairs beyond K stay zero.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ...ops.library import result_dtype
 
 NUM_PAIRS = tl.constexpr(_NUM_PAIRS)
 SETS = tl.constexpr(MAX_SETS)
-# Partial-sum columns of the narrow kernel's ten pairs (_constants.pair_column).
+# Partial-sum columns of the narrow kernel's ten pairs (ops.constants.pair_column).
 C00 = tl.constexpr(pair_column(0, 0))
 C01 = tl.constexpr(pair_column(0, 1))
 C02 = tl.constexpr(pair_column(0, 2))
@@ -108,7 +108,7 @@ def _gram_finalize_kernel(partials, G, items, K: tl.constexpr, RBLOCK: tl.conste
     v = tl.sum(acc, axis=0)  # float64; rounded once, to G's dtype, by the stores
     for a in tl.static_range(K):
         for b in tl.static_range(a, K):
-            column = a * SETS - a * (a - 1) // 2 + (b - a)  # _constants.pair_column(a, b)
+            column = a * SETS - a * (a - 1) // 2 + (b - a)  # ops.constants.pair_column(a, b)
             entry = tl.sum(tl.where(cols == column, v, 0.0), axis=0)
             entry = entry.to(G.dtype.element_ty)
             tl.store(G + a * K + b, entry)

@@ -69,7 +69,7 @@ def gram_wide_kernel(table, base, partials, slot_base, K: tl.constexpr, BLOCK: t
     acc += tl.sum(x[:, None, :] * x[None, :, :], axis=2)
     a = ks[:, None]
     b = ks[None, :]
-    column = a * SETS - a * (a - 1) // 2 + (b - a)  # _constants.pair_column(a, b)
+    column = a * SETS - a * (a - 1) // 2 + (b - a)  # ops.constants.pair_column(a, b)
     out = partials + (slot_base + pid) * NUM_PAIRS
     tl.store(out + column, acc.to(tl.float64), mask=(a <= b) & (b < K))
 

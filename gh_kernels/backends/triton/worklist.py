@@ -1,7 +1,7 @@
 """Work lists for the multi-tensor Triton kernels: one row per (tensor, chunk) work item.
 
-Row layout (int64, ``ROW`` = ``_constants.WORK_ROW`` = 8 columns, read by ``common.work_item``): ``[off_0, off_1, off_2, off_3, off_out, start, length,
-present_bits]``, where ``off_k`` is the tensor's address relative to the launch's ``base`` tensor,
+Row layout (int64, ``ROW`` = ``ops.constants.WORK_ROW`` = MAX_SETS + 4 = 12 columns, read by
+``common.work_item``): ``[off_0, ..., off_7, off_out, start, length, present_bits]``, where ``off_k`` is the tensor's address relative to the launch's ``base`` tensor,
 in elements. Offsets from a typed base pointer (rather than raw addresses cast to pointers) let
 Triton prove 16-byte alignment and emit 16-byte vector loads. A set that has no gradient for a
 parameter gets another set's offset (valid memory of the same length) and a 0 bit: the kernels
