@@ -1,6 +1,7 @@
-"""The toy domain-adaptation model every test uses (one definition): backbone, bottleneck and
-classifier, reached by the classification loss (slot 2), and a domain discriminator behind a
-gradient-reversal layer, reached by the alignment loss only (slot 1), as in DANN."""
+"""The toy models the tests use (one definition each): ``ToyDANN``, the domain-adaptation model --
+backbone, bottleneck and classifier, reached by the classification loss (slot 2), and a domain
+discriminator behind a gradient-reversal layer, reached by the alignment loss only (slot 1), as in
+DANN -- and ``KHeadNet``, a shared trunk with K regression heads for the multi-task steps."""
 import torch
 from torch import nn
 
@@ -53,3 +54,19 @@ class ToyDANN(nn.Module):
         xs = torch.randn(shape, generator=g)
         ys = torch.randint(0, self.classes, (size,), generator=g)
         return xs, ys, torch.randn(shape, generator=g) + shift
+
+
+class KHeadNet(nn.Module):
+    """A trunk (6 -> hidden -> 8) and K heads, one loss each; ``unused_head``: one more head no loss reaches."""
+
+    def __init__(self, K, unused_head=False, hidden=16):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, 8))
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(K))
+        self.spare = nn.Linear(8, 1) if unused_head else None
+
+    def losses(self, x, y):
+        f = self.trunk(x)
+        return [((h(f)[:, 0] - y[:, k]) ** 2).mean() for k, h in enumerate(self.heads)]
+
+    forward = losses

@@ -8,30 +8,19 @@ import traceback
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gh_kernels  # noqa: E402
 from dist_worker import close, launch, reporter  # noqa: E402
+from models import KHeadNet  # noqa: E402
 
 K = 3
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 8))
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(K))
-
-    def forward(self, x, y):
-        f = self.trunk(x)
-        return [((h(f)[:, 0] - y[:, k]) ** 2).mean() for k, h in enumerate(self.heads)]
-
-
 def fresh():
     torch.manual_seed(0)
-    return Net()
+    return KHeadNet(K, hidden=12)
 
 
 def batch(step=0):

@@ -12,18 +12,7 @@ from torch import nn
 
 import gh_kernels
 
-from models import ToyDANN
-
-
-class KHeadNet(nn.Module):
-    def __init__(self, K):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(K))
-
-    def losses(self, x, y):
-        f = self.trunk(x)
-        return [((h(f)[:, 0] - y[:, k]) ** 2).mean() for k, h in enumerate(self.heads)]
+from models import KHeadNet, ToyDANN
 
 
 def _batch(step, K=3):

@@ -3,21 +3,10 @@ against a reference built from autograd.grad and the float64 Gram; accumulation,
 parameters, surgery mode, stateful methods, all-or-nothing on failure, bad calls."""
 import pytest
 import torch
-from torch import nn
 
 import gh_kernels
 
-
-class KHeadNet(nn.Module):
-    def __init__(self, K, unused_head=False):
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
-        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(K))
-        self.spare = nn.Linear(8, 1) if unused_head else None
-
-    def losses(self, x, y):
-        f = self.trunk(x)
-        return [((h(f)[:, 0] - y[:, k]) ** 2).mean() for k, h in enumerate(self.heads)]
+from models import KHeadNet
 
 
 def reference(model, losses, method, mode="reweight", **options):
