@@ -12,11 +12,56 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
+from . import backends
 from .ops import dispatch as _dispatch
 from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .plan import HarmonizeOutput, Plan
+from .plan import CHECKS_IN_OP, HarmonizeOutput, Plan
 from .weighting import resolve
 from .weighting.gh import check_method
+
+
+def _checked_by_op(grads, out, backend: Optional[str]):
+    """NOTE: [Checks in the op] for unplanned calls: ``(sets, device, out)`` in canonical form when the
+    backend serving the call checks every argument in C++ -- the Python checks then run only to name
+    an argument the op refused (:func:`_name_refusal`) -- else None (the Python checks run first)."""
+    if not isinstance(grads, (list, tuple)) or not grads:
+        return None
+    sets = [[s] if isinstance(s, torch.Tensor) else list(s) if isinstance(s, (list, tuple)) else None for s in grads]
+    if any(s is None or len(s) != len(sets[0]) for s in sets):
+        return None
+    first = next((t for s in sets for t in s if t is not None), None)
+    if not isinstance(first, torch.Tensor) or first.device.type == "meta":
+        return None
+    if out is not None:
+        out = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (list, tuple)) else None
+        if out is None or len(out) != len(sets[0]):
+            return None
+    try:
+        name = backends.resolve(backend, first.device, len(sets))
+    except Exception:
+        return None  # the Python path raises the same error, with its checks first
+    return (sets, first.device, out) if name in CHECKS_IN_OP else None
+
+
+def _name_refusal(grads, out, set_names=None) -> None:
+    """The op refused something (or a meta tensor made it run its fake kernel): the Python checks name it."""
+    sets, _ = check_grad_sets(grads, set_names=set_names)
+    if out is not None:
+        check_out(list(as_set(out, "out")), sets, set_names=set_names)
+
+
+def _op_call(grads, out, fn, set_names=None):
+    """``fn()`` with the op's checks; a refusal is re-raised after the Python checks named the argument."""
+    try:
+        result = fn()
+    except (RuntimeError, TypeError, IndexError):
+        _name_refusal(grads, out, set_names)
+        raise
+    return result
+
+
+def _fake_result(G: torch.Tensor, device: torch.device) -> bool:
+    return G.device.type == "meta" and device.type != "meta"
 
 
 def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Tensor:
@@ -24,6 +69,13 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
 
     One pass over the data; float32 accumulation and result (float64 when a gradient is float64).
     """
+    quick = _checked_by_op(grads, None, backend)
+    if quick is not None:
+        sets, device, _ = quick
+        G = _op_call(grads, None, lambda: _dispatch.gram(sets, device, backend))
+        if _fake_result(G, device):
+            _name_refusal(grads, None)
+        return G
     sets, device = check_grad_sets(grads)
     return _dispatch.gram(sets, device, backend)
 
@@ -77,15 +129,21 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     one fused combine pass: no host sync, no K x N copy. Everything is checked before anything is
     written.
     """
-    sets, device = check_grad_sets(grads)
+    quick = _checked_by_op(grads, out, backend)
+    if quick is None:
+        sets, device = check_grad_sets(grads)
+        if out is not None:
+            out = list(as_set(out, "out"))
+            check_out(out, sets)
+    else:
+        sets, device, out = quick
     weighting = resolve(method, len(sets), options, backend=backend)
-    if out is not None:
-        out = list(as_set(out, "out"))
-        check_out(out, sets)
-    G = _dispatch.gram(sets, device, backend)
+    G = _op_call(grads, out, lambda: _dispatch.gram(sets, device, backend))
     w, pending = weighting.solve(G)
     try:
-        out = _dispatch.combine(w, sets, device, out, False, backend)
+        out = _op_call(grads, out, lambda: _dispatch.combine(w, sets, device, out, False, backend))
+        if _fake_result(G, device):
+            _name_refusal(grads, out)
     except BaseException:
         pending.rollback()
         raise
@@ -111,7 +169,8 @@ def combine(
     (:mod:`gh_kernels.ops.memory`). Written tensors get their autograd version counter bumped.
     Returns ``out`` (a list).
     """
-    sets, device = check_grad_sets(grads)
+    quick = _checked_by_op(grads, out, backend)
+    sets, device = (quick[0], quick[1]) if quick is not None else check_grad_sets(grads)
     K = len(sets)
     if not isinstance(w, torch.Tensor):
         w = torch.as_tensor(w, dtype=torch.float32, device=device)
@@ -124,10 +183,14 @@ def combine(
     if out is None:
         if accumulate:
             raise ValueError("accumulate=True needs out= (the tensors to add to)")
+    elif quick is not None:
+        out = quick[2]
     else:
         out = list(as_set(out, "out"))
         check_out(out, sets)
     w = w if w.dtype == torch.float64 else w.to(torch.float32)
+    if quick is not None:
+        return _op_call(grads, out, lambda: _dispatch.combine(w, sets, device, out, accumulate, backend))
     return _dispatch.combine(w, sets, device, out, accumulate, backend)
 
 
@@ -144,17 +207,26 @@ def harmonize(
 
     ``out``: the tensors to write (``out=g2``, or g1, harmonizes in place); default new tensors.
     Returns ``HarmonizeOutput(out, weights, gram)``. One call of the fused op (Gram pass, weights,
-    combine pass), no host sync, no flat copies. For a loop that calls it every step on the same
-    lists, :func:`gh_kernels.plan` checks the arguments once instead of every call.
+    combine pass), no host sync, no flat copies. With the C++ backends the op checks the arguments
+    (NOTE: [Checks in the op]); :func:`gh_kernels.plan` also skips the per-call method and backend choice.
     """
     check_method(method, kappa)
-    sets, device = check_grad_sets([g1, g2], set_names=("g1", "g2"))
+    names = ("g1", "g2")
     weighting = resolve(method, 2, {"kappa": kappa}, backend=backend)
-    if out is not None:
-        out = list(as_set(out, "out"))
-        check_out(out, sets, set_names=("g1", "g2"))
+    quick = _checked_by_op([g1, g2], out, backend)
+    if quick is None:
+        sets, device = check_grad_sets([g1, g2], set_names=names)
+        if out is not None:
+            out = list(as_set(out, "out"))
+            check_out(out, sets, set_names=names)
+    else:
+        sets, device, out = quick
     plan = Plan(weighting, device, backend, num_params=len(sets[0]))
     if out is None:
-        return plan._run_new_out(sets)
-    G, w, _ = plan.run(out, sets[0] + sets[1], None, None, False)
-    return HarmonizeOutput(out, w, G)
+        result = _op_call([g1, g2], None, lambda: plan._run_new_out(sets), names)
+    else:
+        G, w, _ = _op_call([g1, g2], out, lambda: plan.run(out, sets[0] + sets[1], None, None, False), names)
+        result = HarmonizeOutput(out, w, G)
+    if quick is not None and _fake_result(result.gram, device):
+        _name_refusal([g1, g2], out, names)
+    return result

@@ -37,6 +37,7 @@ from .weighting import Method, Pending, Weighting, resolve, weights_dtype
 
 #: Backends whose ops check every argument in C++ before writing (NOTE: [Checks in the op]).
 CHECKS_IN_OP = ("cpu", "cuda")
+NO_CHANGE = Pending()  # the state change of a stateless method
 
 
 class HarmonizeOutput(NamedTuple):
@@ -78,7 +79,7 @@ class Plan:
             s1, s2 = (1.0, 1.0) if scales is None else scales
             G, w = self.fused_op(out, flat, mask, self.weighting.name, self.weighting.kappa, float(s1), float(s2),
                                  accumulate, self.cache_host, self.cache_device)
-            return G, w, Pending()
+            return G, w, NO_CHANGE
         selected = flat if gram_mask is None else [t if gram_mask[i % P] else None for i, t in enumerate(flat)]
         if any(t is not None and t.numel() for t in selected):
             G = self.gram_op(selected, self.num_sets)
@@ -101,26 +102,26 @@ class Plan:
 
     # -- the public call ---------------------------------------------------------------------------
     def __call__(self, *sets: GradSet, out: Optional[Sequence[torch.Tensor]] = None) -> HarmonizeOutput:
-        sets = list(sets)
-        if len(sets) == self.num_sets + 1 and out is None:
-            out = sets.pop()  # plan(g1, g2, out)
-        if len(sets) != self.num_sets:
-            raise ValueError(f"this plan takes {self.num_sets} gradient sets; got {len(sets)}")
-        names = _set_names(self.num_sets)
-        sets = [[s] if isinstance(s, torch.Tensor) else list(s) for s in sets]
+        K, n = self.num_sets, self.num_params
+        if len(sets) == K + 1 and out is None:
+            out, sets = sets[K], sets[:K]  # plan(g1, g2, out)
+        if len(sets) != K:
+            raise ValueError(f"this plan takes {K} gradient sets; got {len(sets)}")
+        sets = [s if type(s) is list else [s] if isinstance(s, torch.Tensor) else list(s) for s in sets]
+        names = _set_names(K)
         for name, s in zip(names, sets):
-            if len(s) != self.num_params:
-                raise ValueError(f"{name} has {len(s)} tensors but the plan was built for {self.num_params} parameters: "
+            if len(s) != n:
+                raise ValueError(f"{name} has {len(s)} tensors but the plan was built for {n} parameters: "
                                  "build a new plan for a different parameter list")
         if out is None:
             check_grad_sets(sets, set_names=names)
             return self._run_new_out(sets)
-        out = [out] if isinstance(out, torch.Tensor) else list(out)
-        if len(out) != self.num_params:
-            raise ValueError(f"out has {len(out)} tensors but the plan was built for {self.num_params} parameters")
+        out = out if type(out) is list else [out] if isinstance(out, torch.Tensor) else list(out)
+        if len(out) != n:
+            raise ValueError(f"out has {len(out)} tensors but the plan was built for {n} parameters")
         if not self.checks_in_op:
             self.python_checks(sets, out, names)
-        flat = [t for s in sets for t in s]
+        flat = sets[0] + sets[1] if K == 2 else [t for s in sets for t in s]
         try:
             G, w, pending = self.run(out, flat, None, None, False)
         except (RuntimeError, TypeError):
@@ -155,8 +156,13 @@ def scaled(w: torch.Tensor, scales: Optional[Sequence[float]]) -> torch.Tensor:
     return torch.stack([w[k] * s for k, s in enumerate(scales)])
 
 
+_NAMES = {}
+
+
 def _set_names(K: int) -> List[str]:
-    return [f"g{k + 1}" for k in range(K)]
+    if K not in _NAMES:
+        _NAMES[K] = [f"g{k + 1}" for k in range(K)]
+    return _NAMES[K]
 
 
 def plan(*grads: GradSet, out: Optional[Sequence[torch.Tensor]] = None, method: Method = "gh",

@@ -147,6 +147,21 @@ inline std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
   return {lo, lo + static_cast<uintptr_t>((last + 1) * t.element_size())};
 }
 
+// NOTE: [Self-overlap] (gh_kernels/ops/memory.py): dimensions sorted by stride must each step past
+// everything the smaller ones reach; otherwise two elements may share memory.
+inline bool self_overlaps(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& sd : dims) {
+    if (sd.first <= reach) return true;
+    reach += (sd.second - 1) * sd.first;
+  }
+  return false;
+}
+
 // The out= memory rules of gh_kernels/ops/memory.py, checked before anything is written: out[p] may
 // be exactly an input of parameter p (same address, shape and strides); any other overlap of an
 // out with an out or an input, or an out whose own elements overlap, is an error naming indices.
@@ -160,8 +175,8 @@ inline void check_out_aliasing(at::TensorList out, const c10::List<std::optional
     TORCH_CHECK(!o.requires_grad(), "gh_kernels: out[", p, "] requires grad; write into gradient buffers (detached tensors)");
     TORCH_CHECK(!o.is_inference() || c10::InferenceMode::is_enabled(), "gh_kernels: out[", p,
                 "] is an inference tensor: it cannot be written in place outside torch.inference_mode()");
-    TORCH_CHECK(at::has_internal_overlap(o) != at::MemOverlap::Yes, "gh_kernels: out[", p,
-                "] has elements that share memory (an expand()-ed or stride-0 tensor)");
+    TORCH_CHECK(o.is_contiguous() || !self_overlaps(o), "gh_kernels: out[", p,
+                "] has elements that share memory (an expand()-ed, stride-0 or overlapping as_strided tensor)");
     const auto e = byte_extent(o);
     outs.emplace_back(e.first, e.second, p);
   }

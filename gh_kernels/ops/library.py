@@ -64,6 +64,11 @@ def _weights_fake(gram, method, kappa):
 
 
 def _combine_fake(out, tensors, num_sets, weights, accumulate):
+    # combine_ returns nothing a caller could look at: a real meta tensor among real ones (the dispatcher
+    # then runs this kernel and nothing is written) is refused here, for the callers to name it.
+    types = {t.device.type for t in list(out) + list(tensors) if t is not None}
+    if "meta" in types and len(types) > 1:
+        raise RuntimeError("gh_kernels: combine_ got meta tensors among tensors with data; nothing was written")
     return None
 
 

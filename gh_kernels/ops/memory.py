@@ -33,6 +33,22 @@ def extent(t: torch.Tensor) -> Tuple[int, int]:
     return lo, lo + (last + 1) * t.element_size()
 
 
+def self_overlaps(t: torch.Tensor) -> bool:
+    """NOTE: [Self-overlap]: whether two elements of ``t`` may share memory. Dimensions sorted by stride
+    must each step past everything the smaller ones reach (``stride > sum (size - 1) * stride`` of the
+    smaller ones); otherwise the answer is "overlaps". torch's own check answers "too hard" for such
+    strided views (``as_strided((2, 2), (1, 1))``); reading that as "no overlap" let writes clobber
+    each other. The rule is exact for every layout torch produces by slicing, transposing, expanding
+    or permuting, and conservative for exotic ``as_strided`` interleavings. The C++ kernels apply the
+    same rule (``csrc/include/gh_tensor_utils.h``)."""
+    reach = 0
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
 def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     """a and b address exactly the same elements in the same order."""
     return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
@@ -61,9 +77,9 @@ def check_out_aliasing(out: Sequence[torch.Tensor], sets: Sequence[Sequence[Opti
     o_idx = [p for p, o in enumerate(out) if o.numel()]
     outs = [out[p] for p in o_idx]
     for p, o in zip(o_idx, outs):
-        if not o.is_contiguous() and torch._debug_has_internal_overlap(o) == 1:
-            raise ValueError(f"{name}[{p}] has elements that share memory (an expand()-ed or stride-0 tensor): "
-                             "it cannot be written; pass a tensor with its own memory")
+        if not o.is_contiguous() and self_overlaps(o):
+            raise ValueError(f"{name}[{p}] has elements that share memory (an expand()-ed, stride-0 or as_strided "
+                             "tensor whose elements overlap): it cannot be written; pass a tensor with its own memory")
     if not outs:
         return
     lo, hi = _ranges(outs)

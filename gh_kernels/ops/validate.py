@@ -147,8 +147,9 @@ def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], n
     for s in sets[1:]:
         refs = [r if r is not None else t for r, t in zip(refs, s)]
     device = next(r.device for r in refs if r is not None)
+    tracing = torch.compiler.is_compiling()  # traced tensors have no inference flag (nor addresses: memory.py)
     for p, (o, ref) in enumerate(zip(out, refs)):  # fast: one comparison chain per parameter
-        if isinstance(o, torch.Tensor) and not o.requires_grad and o.layout is torch.strided and (
+        if isinstance(o, torch.Tensor) and not o.requires_grad and o.layout is torch.strided and (tracing or not o.is_inference()) and (
                 o.dtype in SUPPORTED_DTYPES if ref is None else (o.dtype is ref.dtype and o.shape == ref.shape)) \
                 and o.device == device:
             continue
@@ -163,6 +164,9 @@ def _explain_out(p: int, o, ref: TensorOrNone, name: str) -> None:
         raise ValueError(f"{name}[{p}] requires grad: autograd tracks it, and an in-place write would corrupt "
                          "the gradients computed through it; write into gradient buffers (detached tensors)")
     _check_storage(o, f"{name}[{p}]")
+    if not torch.compiler.is_compiling() and o.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(f"{name}[{p}] is an inference tensor (made under torch.inference_mode()): it cannot be written "
+                         "in place outside inference mode (torch's own in-place ops refuse it too)")
     if o.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name}[{p}] has dtype {o.dtype}; supported: {DTYPE_NAMES}")
     if ref is None:
