@@ -18,7 +18,7 @@ Everything runs in float64 (the callers convert): K <= 8, so the cost is launche
 from __future__ import annotations
 
 import functools
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -34,16 +34,29 @@ def normalize(G: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(trace < eps, torch.zeros_like(G), G / safe)
 
 
-_eye_cache: dict = {}
+# NOTE: [Device constants]: small index and identity tensors are built once per (what, device) and
+# reused (``torch.eye`` alone costs ~10 us a call on CPU). Never while tracing or under a fake mode:
+# a tensor made there is a FakeTensor of that one trace, and reusing it elsewhere fails ("Mixing fake
+# modes") -- there they are built fresh, which a trace records once anyway.
+_constants: dict = {}
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
+def constant(key, build: Callable[[], object]):
+    """``build()``, cached under ``key`` (NOTE: [Device constants]). Read-only: callers must not write into it."""
+    if _tracing():
+        return build()
+    if key not in _constants:
+        _constants[key] = build()
+    return _constants[key]
 
 
 def eye(K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The K x K identity, built once per (K, dtype, device) (``torch.eye`` costs ~10 us a call on CPU).
-    Read-only: callers must not write into it."""
-    key = (K, dtype, str(device))
-    if key not in _eye_cache:
-        _eye_cache[key] = torch.eye(K, dtype=dtype, device=device)
-    return _eye_cache[key]
+    """The K x K identity (NOTE: [Device constants])."""
+    return constant(("eye", K, dtype, str(device)), lambda: torch.eye(K, dtype=dtype, device=device))
 
 
 def regularize(G: torch.Tensor, eps: float) -> torch.Tensor:
@@ -56,22 +69,12 @@ def solve_batch(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_ex(A, B, check_errors=False)[0]
 
 
-@functools.lru_cache(maxsize=None)
-def _subsets_cpu(K: int) -> torch.Tensor:
-    """All 2^K subsets of range(K) as a (2^K, K) bool mask; row s has bit k set when k is in s."""
-    s = torch.arange(1 << K)[:, None]
-    return ((s >> torch.arange(K)[None, :]) & 1).bool()
-
-
-_device_cache: dict = {}
-
-
 def subsets(K: int, device: torch.device) -> torch.Tensor:
-    """:func:`_subsets_cpu` on ``device``, copied there once per (K, device)."""
-    key = (K, str(device))
-    if key not in _device_cache:
-        _device_cache[key] = _subsets_cpu(K).to(device)
-    return _device_cache[key]
+    """All 2^K subsets of range(K) as a (2^K, K) bool mask on ``device``; row s has bit k set when k is in s."""
+    def build():
+        bits = torch.arange(1 << K)[:, None]
+        return ((bits >> torch.arange(K)[None, :]) & 1).bool().to(device)
+    return constant(("subsets", K, str(device)), build)
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,16 +89,10 @@ def _round_robin(n: int) -> List[Tuple[List[int], List[int]]]:
     return rounds
 
 
-_rounds_cache: dict = {}
-
-
 def _rounds_on(n: int, device: torch.device):
-    """:func:`_round_robin`'s index lists as tensors on ``device``, copied there once per (n, device)."""
-    key = (n, str(device))
-    if key not in _rounds_cache:
-        _rounds_cache[key] = [(torch.tensor(p, device=device), torch.tensor(q, device=device))
-                              for p, q in _round_robin(n)] if n > 1 else []
-    return _rounds_cache[key]
+    """:func:`_round_robin`'s index lists as tensors on ``device`` (NOTE: [Device constants])."""
+    return constant(("rounds", n, str(device)), lambda: [(torch.tensor(p, device=device), torch.tensor(q, device=device))
+                                                         for p, q in _round_robin(n)] if n > 1 else [])
 
 
 def jacobi_eigh(A: torch.Tensor, sweeps: int = JACOBI_SWEEPS) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .linalg import eye, normalize, pinv_sym, regularize, symeig
+from .linalg import constant, eye, normalize, pinv_sym, regularize, symeig
 from .solvers import cagrad_simplex, dual_cone_weights, min_norm_simplex
 
 #: Added to the trace-normalized G for MGDA and CAGrad: keeps every support's system solvable for a
@@ -78,17 +78,12 @@ def sum_(G, *, gram_eps):
     return torch.ones(G.shape[0], dtype=G.dtype, device=G.device)
 
 
-_orders: dict = {}
-
-
 def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.device, others_only: bool) -> torch.Tensor:
     """(K, K) (or (K, K-1) with ``others_only``) order in which task i visits the tasks j."""
-    if generator is None:  # built once per (K, device, others_only)
-        key = (K, str(device), others_only)
-        if key not in _orders:
-            rows = [[j for j in range(K) if j != i] if others_only else list(range(K)) for i in range(K)]
-            _orders[key] = torch.tensor(rows, dtype=torch.int64, device=device).reshape(K, K - 1 if others_only else K)
-        return _orders[key]
+    if generator is None:  # NOTE: [Device constants]
+        rows = [[j for j in range(K) if j != i] if others_only else list(range(K)) for i in range(K)]
+        return constant(("order", K, str(device), others_only), lambda: torch.tensor(
+            rows, dtype=torch.int64, device=device).reshape(K, K - 1 if others_only else K))
     rows = []
     for i in range(K):  # as torchjd draws them: randperm(K) for PCGrad, randperm(K - 1) over the others for GradVac
         if others_only:
