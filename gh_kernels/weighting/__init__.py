@@ -34,6 +34,7 @@ import torch
 from ..ops.constants import METHODS
 from . import rules as _rules
 from .gh import METHOD_CODES, check_method
+from .linalg import tracing
 from .stateful import GradVac, NashMTL, StatefulMethod
 
 #: Largest K the enumerating solvers (UPGrad, DualProj, MGDA, CAGrad: 2^K small systems) accept;
@@ -210,7 +211,9 @@ def _check_pref(method: str, p, K: int) -> torch.Tensor:
         raise ValueError(f"{where} must be a dense tensor with data; got a {p.layout} tensor on {p.device}")
     if p.shape != (K,) or not p.is_floating_point():
         raise ValueError(f"{where} must be a float tensor of shape ({K},); got {p.dtype} of shape {tuple(p.shape)}")
-    if not bool(torch.isfinite(p).all()):  # read once here (a sync for a GPU tensor), never during a step
+    # Read once, here (a sync for a GPU tensor), never during a step; a traced call (torch.compile, a fake
+    # mode) has no values to read, and the check is left to eager calls.
+    if not tracing() and not bool(torch.isfinite(p).all()):
         raise ValueError(f"{where} must be finite; got {p.tolist()}")
     return p.detach().to(torch.float64)
 

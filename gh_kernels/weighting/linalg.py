@@ -41,13 +41,14 @@ def normalize(G: torch.Tensor, eps: float) -> torch.Tensor:
 _constants: dict = {}
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
+    """Whether tensors here are traced (torch.compile) or fake: no values to read, nothing to cache."""
     return torch.compiler.is_compiling() or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
 def constant(key, build: Callable[[], object]):
     """``build()``, cached under ``key`` (NOTE: [Device constants]). Read-only: callers must not write into it."""
-    if _tracing():
+    if tracing():
         return build()
     if key not in _constants:
         _constants[key] = build()
