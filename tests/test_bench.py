@@ -1,6 +1,8 @@
 """Smoke test of the benchmark command at its smallest size (timings are never asserted)."""
 import os
 
+import torch
+
 from bench.run import main
 
 
@@ -52,3 +54,15 @@ def test_multitask_bench_and_program_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = open(tmp_path / "mtl" / "results.md").read()
     assert "| upgrad |" in results and "| nash-mtl |" in results
+
+
+def test_gpu_keyrows_smoke_on_cpu(tmp_path):
+    """bench/keyrows.py (the GPU quick profile's benchmark phase) runs its code on CPU: rows written as they come."""
+    from bench import keyrows
+    path = tmp_path / "keyrows.json"
+    rows = keyrows.measure(torch.device("cpu"), ["cpu"], 0.01, str(path), max_n=2_000_000)
+    names = [r["row"] for r in rows]
+    assert names[0] == "copy bandwidth" and "2,000 tiny tensors float32" in names
+    assert all("met" in r for r in rows[1:])
+    import json
+    assert json.loads(path.read_text()) == rows
