@@ -27,87 +27,49 @@ int dtype_code(at::ScalarType t) {
   }
 }
 
-// Elements per work item: enough items to give every multiprocessor ~16 blocks for large
-// lists, at least 16K elements per block, a power of two (so chunk starts stay 16-byte aligned).
-int64_t chunk_elements(int64_t total, const at::Device& device) {
-  const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
-  const int64_t target = std::max<int64_t>(1, total / (static_cast<int64_t>(sms) * 16));
-  int64_t chunk = 1 << 14;
-  while (chunk < target && chunk < (1 << 20)) chunk <<= 1;
-  return chunk;
-}
-
 struct WorkList {
   at::Tensor device_items;                     // WorkItem array on the device
   std::vector<std::pair<int, int64_t>> groups;  // (dtype code, item count), consecutive in device_items
   int64_t total = 0;
 };
 
-// A plan's cached work list (gh_kernels.plan, Harmonizer): cache_host is a plain CPU byte tensor
-// holding the items last uploaded, cache_device the device copy. Items equal to the cached ones
-// (same tensors at the same addresses) reuse the device copy: no upload, no allocation, so the
-// call can be captured in a CUDA graph. Otherwise the items are uploaded from a fresh pinned
+// A plan's cached work list (gh_kernels.plan, the training steps): cache_host is a plain CPU byte
+// tensor holding the items last uploaded, cache_device the device copy; gh_worklist.h's cache_hit
+// decides when the device copy is reused. Otherwise the items are uploaded from a fresh pinned
 // buffer (never from cache_host, which may be rewritten while a copy is in flight) into cache_device.
 struct PlanCache {
   const at::Tensor* host = nullptr;    // resized and rewritten in place (a mutable argument of the op)
   const at::Tensor* device = nullptr;
 };
 
-// gram_mask (optional, one byte per parameter): parameters with a zero byte get kNotInGram.
+// The items (gh_worklist.h: build_items, torch-free and unit-tested on CPU), then the device copy.
 WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out,
                         const uint8_t* gram_mask = nullptr, PlanCache cache = {}) {
+  std::vector<ParamView> views(params.size());
   int64_t numel = 0;
-  for (const auto& fp : params) numel += fp.numel;
-  const int64_t chunk = chunk_elements(numel, device);
-  std::map<int, std::vector<WorkItem>> by_dtype;
   for (size_t p = 0; p < params.size(); ++p) {
     const FlatParam& fp = params[p];
-    if (fp.numel == 0) continue;
-    const void* sub = nullptr;
-    uint32_t present = 0;
-    for (int k = 0; k < K; ++k)
-      if (fp.in[k] != nullptr) {
-        present |= 1u << k;
-        if (sub == nullptr) sub = fp.in[k];
-      }
-    if (present == 0) continue;  // handled by the caller (nothing to add)
-    const int64_t elem = c10::elementSize(fp.dtype);
-    bool aligned = true;
-    WorkItem base{};
-    for (int k = 0; k < kMaxSets; ++k) {
-      base.in[k] = (k < K && fp.in[k] != nullptr) ? fp.in[k] : sub;
-      if (k < K) aligned = aligned && reinterpret_cast<uintptr_t>(base.in[k]) % 16 == 0;
-    }
-    base.out = with_out ? fp.out : nullptr;
-    if (with_out) aligned = aligned && reinterpret_cast<uintptr_t>(fp.out) % 16 == 0;
-    aligned = aligned && (chunk * elem) % 16 == 0;
-    base.present = present | (gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u);
-    base.aligned = aligned ? 1u : 0u;
-    auto& items = by_dtype[dtype_code(fp.dtype)];
-    for (int64_t s = 0; s < fp.numel; s += chunk) {
-      WorkItem it = base;
-      it.start = s;
-      it.len = std::min(chunk, fp.numel - s);
-      items.push_back(it);
-    }
+    for (int k = 0; k < kMaxSets; ++k) views[p].in[k] = fp.in[k];
+    views[p].out = fp.out;
+    views[p].numel = fp.numel;
+    views[p].elem_size = static_cast<int64_t>(c10::elementSize(fp.dtype));
+    views[p].dtype = dtype_code(fp.dtype);
+    numel += fp.numel;
   }
+  const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
+  const HostWorkList host_list = build_items(views, K, with_out, gram_mask, chunk_elements(numel, sms));
   WorkList wl;
-  for (auto& kv : by_dtype) wl.total += static_cast<int64_t>(kv.second.size());
+  wl.groups = host_list.groups;
+  wl.total = static_cast<int64_t>(host_list.items.size());
   if (wl.total == 0) return wl;
-  const int64_t bytes = wl.total * static_cast<int64_t>(sizeof(WorkItem));
-  std::vector<WorkItem> all;
-  all.reserve(wl.total);
-  for (auto& kv : by_dtype) {
-    all.insert(all.end(), kv.second.begin(), kv.second.end());
-    wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
-  }
-  if (cache.host != nullptr && cache.device != nullptr && cache.host->numel() == bytes && cache.device->numel() >= bytes &&
-      cache.device->device() == device && std::memcmp(cache.host->data_ptr(), all.data(), bytes) == 0) {
+  const int64_t bytes = host_list.bytes();
+  const bool cached = cache.host != nullptr && cache.device != nullptr && cache.device->device() == device;
+  if (cached && cache_hit(cache.host->data_ptr(), cache.host->numel(), cache.device->numel(), host_list)) {
     wl.device_items = *cache.device;  // the plan's copy is current
     return wl;
   }
   at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), all.data(), bytes);
+  std::memcpy(host.data_ptr(), host_list.items.data(), bytes);
   // Pinned -> device copy on the current stream: asynchronous, no host synchronization; the
   // caching host allocator keeps `host` alive until the copy has run.
   if (cache.host != nullptr && cache.device != nullptr) {
@@ -116,7 +78,7 @@ WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const a
     if (cache.device->numel() < bytes) cache.device->resize_({bytes});
     cache.device->narrow(0, 0, bytes).copy_(host, /*non_blocking=*/true);
     cache.host->resize_({bytes});
-    std::memcpy(cache.host->data_ptr(), all.data(), bytes);
+    std::memcpy(cache.host->data_ptr(), host_list.items.data(), bytes);
     wl.device_items = *cache.device;
   } else {
     wl.device_items = host.to(device, /*non_blocking=*/true);

@@ -7,26 +7,12 @@
 #include <cstdint>
 
 #include "gh_constants.h"
+#include "gh_worklist.h"
 
 namespace gh {
 namespace cuda {
 
-enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
-
-// One work item: a chunk [start, start + len) of one parameter. A set without a gradient for
-// this parameter points at another set's memory and has its bit in `present` cleared: the
-// kernels use 0 for its values. An item with kNotInGram set in `present` is combined but left
-// out of the Gram matrix (Harmonizer's `shared`). `aligned`: every pointer + start is 16-byte aligned.
-constexpr uint32_t kNotInGram = 1u << 8;
-struct WorkItem {
-  const void* in[kMaxSets];
-  void* out;
-  int64_t start;
-  int64_t len;
-  uint32_t present;
-  uint32_t aligned;
-};
-static_assert(sizeof(WorkItem) == 8 * kMaxSets + 32, "WorkItem layout is shared with the host glue");
+// WorkItem, DType and kNotInGram: gh_worklist.h (the host side, tested with g++ on CPU).
 
 // Per-item partial sums (float64): partials[item * kNumPairs + pair_column(a, b)], one block per item.
 cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int num_sets, int dtype,

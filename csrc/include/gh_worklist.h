@@ -1,0 +1,113 @@
+// The host side of the CUDA multi-tensor work list, torch-free and CUDA-free so that a plain g++
+// unit test checks it on a CPU machine (tests/test_worklist_host.py): the WorkItem layout the
+// kernels read, how parameters are cut into chunks, and when a plan's cached device copy is reused.
+// The torch glue (csrc/cuda/ops_cuda.cpp) fills ParamView records from tensors and uploads the items.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "gh_constants.h"
+
+namespace gh {
+namespace cuda {
+
+enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
+
+// One work item: a chunk [start, start + len) of one parameter. A set without a gradient for
+// this parameter points at another set's memory and has its bit in `present` cleared: the
+// kernels use 0 for its values. An item with kNotInGram set in `present` is combined but left
+// out of the Gram matrix (Harmonizer's `shared`). `aligned`: every pointer + start is 16-byte aligned.
+constexpr uint32_t kNotInGram = 1u << 8;
+struct WorkItem {
+  const void* in[kMaxSets];
+  void* out;
+  int64_t start;
+  int64_t len;
+  uint32_t present;
+  uint32_t aligned;
+};
+static_assert(sizeof(WorkItem) == 8 * kMaxSets + 32, "WorkItem layout is shared with the host glue");
+
+// One parameter as the work list sees it: its sets' addresses (nullptr: no gradient), out, size, dtype.
+struct ParamView {
+  const void* in[kMaxSets] = {};
+  void* out = nullptr;
+  int64_t numel = 0;
+  int64_t elem_size = 4;
+  int dtype = kFloat32;
+};
+
+// Elements per work item: enough items to give every multiprocessor ~16 blocks for large lists, at
+// least 16K elements per block, a power of two (so chunk starts stay 16-byte aligned).
+inline int64_t chunk_elements(int64_t total, int multiprocessors) {
+  const int64_t target = std::max<int64_t>(1, total / (static_cast<int64_t>(multiprocessors) * 16));
+  int64_t chunk = 1 << 14;
+  while (chunk < target && chunk < (1 << 20)) chunk <<= 1;
+  return chunk;
+}
+
+// The items of one call, grouped by dtype (one launch per group, consecutive in `items`).
+struct HostWorkList {
+  std::vector<WorkItem> items;
+  std::vector<std::pair<int, int64_t>> groups;  // (dtype code, item count)
+  int64_t bytes() const { return static_cast<int64_t>(items.size() * sizeof(WorkItem)); }
+};
+
+// gram_mask (optional, one byte per parameter): parameters with a zero byte get kNotInGram.
+// Parameters of zero elements, or that no set has, get no item (the caller writes nothing for them).
+inline HostWorkList build_items(const std::vector<ParamView>& params, int64_t K, bool with_out, const uint8_t* gram_mask,
+                                int64_t chunk) {
+  std::map<int, std::vector<WorkItem>> by_dtype;
+  for (size_t p = 0; p < params.size(); ++p) {
+    const ParamView& pv = params[p];
+    if (pv.numel == 0) continue;
+    const void* sub = nullptr;
+    uint32_t present = 0;
+    for (int k = 0; k < K; ++k)
+      if (pv.in[k] != nullptr) {
+        present |= 1u << k;
+        if (sub == nullptr) sub = pv.in[k];
+      }
+    if (present == 0) continue;
+    bool aligned = true;
+    WorkItem base{};
+    for (int k = 0; k < kMaxSets; ++k) {
+      base.in[k] = (k < K && pv.in[k] != nullptr) ? pv.in[k] : sub;
+      if (k < K) aligned = aligned && reinterpret_cast<uintptr_t>(base.in[k]) % 16 == 0;
+    }
+    base.out = with_out ? pv.out : nullptr;
+    if (with_out) aligned = aligned && reinterpret_cast<uintptr_t>(pv.out) % 16 == 0;
+    aligned = aligned && (chunk * pv.elem_size) % 16 == 0;
+    base.present = present | (gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u);
+    base.aligned = aligned ? 1u : 0u;
+    auto& items = by_dtype[pv.dtype];
+    for (int64_t s = 0; s < pv.numel; s += chunk) {
+      WorkItem it = base;
+      it.start = s;
+      it.len = std::min(chunk, pv.numel - s);
+      items.push_back(it);
+    }
+  }
+  HostWorkList wl;
+  for (auto& kv : by_dtype) {
+    wl.items.insert(wl.items.end(), kv.second.begin(), kv.second.end());
+    wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
+  }
+  return wl;
+}
+
+// A plan's cached work list: `cached` holds the bytes last uploaded (cached_bytes of them) and the
+// device copy has room for device_bytes. Items equal to the cached ones (the same tensors at the same
+// addresses) reuse the device copy: no upload and no allocation, which a captured CUDA graph needs.
+inline bool cache_hit(const void* cached, int64_t cached_bytes, int64_t device_bytes, const HostWorkList& wl) {
+  const int64_t bytes = wl.bytes();
+  return cached != nullptr && bytes > 0 && cached_bytes == bytes && device_bytes >= bytes &&
+         std::memcmp(cached, wl.items.data(), static_cast<size_t>(bytes)) == 0;
+}
+
+}  // namespace cuda
+}  // namespace gh
