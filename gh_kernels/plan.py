@@ -178,4 +178,13 @@ def plan(*grads: GradSet, out: Optional[Sequence[torch.Tensor]] = None, method: 
     return Plan(weighting, device, backend, num_params=len(sets[0]))
 
 
+class HarmonizePlan(Plan):
+    """Deprecated (0.1's two-set plan class): ``HarmonizePlan(g1, g2, out=, method=, kappa=, backend=)``
+    builds what :func:`plan` returns; use :func:`plan`."""
+
+    def __init__(self, g1: GradSet, g2: GradSet, *, out: Optional[Sequence[torch.Tensor]] = None, method: str = "gh",
+                 kappa: float = 0.5, backend: Optional[str] = None):
+        self.__dict__.update(plan(g1, g2, out=out, method=method, backend=backend, kappa=kappa).__dict__)
+
+
 __all__ = ["Plan", "plan", "HarmonizeOutput", "weights_dtype"]

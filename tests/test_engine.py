@@ -294,7 +294,9 @@ def test_old_names_warn_and_still_work(gen):
     g1, g2 = [torch.randn(5, generator=gen)], [torch.randn(5, generator=gen)]
     with pytest.warns(DeprecationWarning, match="gh_kernels.Plan"):
         cls = gh_kernels.HarmonizePlan
-    assert cls is gh_kernels.Plan
+    old = cls(g1, g2, out=g2, method="gh++")  # 0.1's constructor
+    assert isinstance(old, gh_kernels.Plan)
+    torch.testing.assert_close(old(g1, g2).weights, gh_kernels.harmonize(g1, g2, method="gh++").weights)
     with pytest.warns(DeprecationWarning, match="gh_kernels.weighting.gh"):
         assert gh_kernels.methods.check_method("gh", 0.5) == 1
     from gh_kernels.multitask import GradVac  # the 0.1 import path
