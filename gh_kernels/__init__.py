@@ -29,7 +29,7 @@ from .layers import GradReverse, grad_reverse
 from .ops.constants import METHODS
 from .plan import Plan, plan
 from .weighting import MULTITASK_METHODS, GradVac, NashMTL
-from . import harmonizer as _harmonizer, plan as _plan_module, weighting as _weighting
+from . import harmonizer as _harmonizer, weighting as _weighting
 
 load_backends()
 
@@ -37,7 +37,7 @@ __version__ = "0.2.0"
 
 # Names of the 0.1 layout, kept importable with a DeprecationWarning on attribute access
 # (``import gh_kernels.methods`` style imports resolve through sys.modules, without the warning).
-_MOVED = {"HarmonizePlan": ("gh_kernels.plan(g1, g2, ...), which returns a gh_kernels.Plan", lambda: _plan_module.HarmonizePlan),
+_MOVED = {"HarmonizePlan": ("gh_kernels.plan(g1, g2, ...), which returns a gh_kernels.Plan", lambda: _sys.modules["gh_kernels.plan"].HarmonizePlan),
           "methods": ("gh_kernels.weighting.gh", lambda: _weighting.gh),
           "multitask": ("gh_kernels.weighting", lambda: _weighting),
           "multitask_harmonizer": ("gh_kernels.harmonizer", lambda: _harmonizer)}
