@@ -32,19 +32,67 @@ def _close(a, b, tol=1e-5):
             torch.testing.assert_close(x, y, rtol=tol, atol=tol)
 
 
-def test_compiled_model_forward():
-    """torch.compile on the model (the forward is compiled), two backward passes through it. The compiled
+def _plain_then_harmonized(model, forward, make_step, losses_of, batches):
+    """A training script's order: a plain backward through the (compiled) model before the step object
+    exists, then harmonized steps with a plain backward between them; the .grad after each harmonized step."""
+    model.zero_grad(set_to_none=True)
+    sum(losses_of(forward, batches[0])).backward()
+    step = make_step()
+    grads = []
+    for b in batches[1:]:
+        model.zero_grad(set_to_none=True)
+        step(losses_of(forward, b))
+        grads.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+        sum(losses_of(forward, b)).backward()  # a plain step between harmonized ones
+    return grads, step
+
+
+def test_compiled_model_whatever_ran_first():
+    """torch.compile on the model, a plain backward through it before the Harmonizer exists and between
+    harmonized steps (compiled backward functions donate their buffers by default, which breaks the
+    second backward pass: NOTE: [Donated buffers]); the .grad equals the eager steps'. The compiled
     region gives loss 2 zero gradients for the discriminator, so shared= must be explicit; the default raises."""
     torch._dynamo.reset()
-    eager = _fresh()
-    ref = _harmonized_grads(eager, [eager.batch(0)], shared=eager.shared_parameters())
-    model = _fresh()
-    compiled = torch.compile(model)
-    got = _harmonized_grads(model, [model.batch(0)], forward=compiled, shared=model.shared_parameters())
-    _close(got, ref, 1e-4)
+    losses_of = lambda forward, b: forward(*b)  # noqa: E731
+    results = []
+    for compiled in (False, True):
+        model = _fresh()
+        forward = torch.compile(model) if compiled else model
+        make = lambda: (lambda h: (lambda losses: h.backward(*losses)))(  # noqa: E731
+            gh_kernels.Harmonizer(model.parameters(), shared=model.shared_parameters(), method="gh++"))
+        grads, _ = _plain_then_harmonized(model, forward, make, losses_of, [model.batch(i) for i in range(3)])
+        results.append(grads)
+    for eager, comp in zip(*results):
+        _close(comp, eager, 1e-4)
     h = gh_kernels.Harmonizer(model.parameters())
     with pytest.raises(ValueError, match="torch.compile'd model.*Pass shared= explicitly"):
-        h.backward(*compiled(*model.batch(1)))
+        h.backward(*forward(*model.batch(1)))
+
+
+def test_compiled_model_k_losses_whatever_ran_first():
+    from models import KHeadNet
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(3)]
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = KHeadNet(3)
+        forward = torch.compile(model) if compiled else model
+        make = lambda: (lambda h: (lambda losses: h.backward(list(losses))))(  # noqa: E731
+            gh_kernels.MultiTaskHarmonizer(model.parameters(), shared=model.trunk.parameters(), method="upgrad"))
+        grads, _ = _plain_then_harmonized(model, forward, make, lambda f, b: f(*b), batches)
+        results.append(grads)
+    for eager, comp in zip(*results):
+        _close(comp, eager, 1e-4)
+
+
+def test_donated_buffer_error_is_explained():
+    from gh_kernels.step import checks
+    with pytest.raises(RuntimeError, match="compiled before the Harmonizer.*donated_buffer = False"):
+        checks.explain_donated_buffers(RuntimeError("This backward function was compiled with non-empty donated buffers"))
+    checks.explain_donated_buffers(RuntimeError("another error"))  # left to the caller to re-raise
 
 
 def test_activation_checkpointing_non_reentrant():

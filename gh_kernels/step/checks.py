@@ -120,8 +120,37 @@ def backward_pass(params: List[torch.Tensor], loss: torch.Tensor, retain_graph: 
         loss.backward(retain_graph=retain_graph)
     except RuntimeError as e:
         explain_ddp_reducer_error(e)
+        explain_donated_buffers(e)
         raise
     return [p.grad for p in params]
+
+
+def allow_repeated_backward() -> None:
+    """NOTE: [Donated buffers]: since PyTorch 2.x a torch.compile'd backward may free ("donate") the
+    buffers it saved, which breaks a second backward pass through the same graph (``retain_graph=True``),
+    and the engine runs K of them. Creating a training step turns donation off
+    (``torch._functorch.config.donated_buffer = False``) for every graph compiled from then on: a
+    model compiled before but first run after works, with plain backward passes before or between
+    harmonized steps. Graphs already compiled keep donation: :func:`explain_donated_buffers` says so.
+    Cost: a compiled backward keeps its saved buffers until it returns instead of reusing them in
+    place, the memory an eager backward also holds."""
+    try:
+        import torch._functorch.config as functorch_config
+    except ImportError:  # an older torch without donation
+        return
+    if getattr(functorch_config, "donated_buffer", False):
+        functorch_config.donated_buffer = False
+
+
+def explain_donated_buffers(error: RuntimeError) -> None:
+    if "donated buffers" in str(error):
+        raise RuntimeError(
+            "gh_kernels: this loss comes from a torch.compile'd graph that was compiled before the Harmonizer / "
+            "MultiTaskHarmonizer existed, with donated buffers: its backward can run only once, and the step runs one "
+            "backward pass per loss through it. Fix: create the Harmonizer before the compiled model first runs (it "
+            "turns donation off for what is compiled afterwards), or set torch._functorch.config.donated_buffer = False "
+            "before the first compiled run, or call torch._dynamo.reset() after creating the Harmonizer so the model "
+            "recompiles. Every .grad is as it was before this call") from error
 
 
 _DDP_REDUCER_ERRORS = ("mark a variable ready only once", "expect_autograd_hooks_", "reducer.cpp")

@@ -73,6 +73,7 @@ class Engine:
         checks.check_sync(sync)
         backends.resolve(backend, self.device, 2)  # an unusable backend fails here
         self.mode, self.backend, self.sync, self.process_group = mode, backend, sync, process_group
+        checks.allow_repeated_backward()  # NOTE: [Donated buffers]
         self.graph_checked = sync == "sharded"  # FSDP2's graph reaches its unsharded parameters, not ours
         self._plans: Dict[int, Plan] = {}
         self.fused = True  # False forces the grouped path (the tests compare the two)
