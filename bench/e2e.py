@@ -1,6 +1,7 @@
 """End-to-end training step: plain DANN, the released GH recipe (three backward passes and flat
-copies) and ``Harmonizer`` (two backward passes, fused), on a ResNet-50-shaped CNN and a
-ViT-B/16-shaped transformer with a DANN head. Plain torch only (no torchvision)."""
+copies) and ``Harmonizer`` (two backward passes, fused), on a ResNet-50-shaped CNN, a ViT-B/16-shaped
+transformer (both plain torch, no torchvision) and a GPT-2 from Hugging Face transformers (tied
+embeddings; when transformers is installed), each with a DANN head."""
 from __future__ import annotations
 
 import json
@@ -72,6 +73,22 @@ class ViTLike(nn.Module):
         return self.norm(self.blocks(x))[:, 0]
 
 
+class GPT2Like(nn.Module):
+    """A GPT-2 from Hugging Face transformers (random init from a config, no download; a benchmark-only
+    dependency), tied input/output embeddings: features are the mean last hidden state of token ids."""
+
+    def __init__(self, layers=12, dim=768, heads=12, vocab=50257, context=128):
+        super().__init__()
+        import transformers
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=context, n_embd=dim, n_layer=layers, n_head=heads,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        self.net = transformers.GPT2Model(cfg)
+        self.out_dim, self.vocab, self.context = dim, vocab, context
+
+    def forward(self, ids):
+        return self.net(input_ids=ids).last_hidden_state.mean(1)
+
+
 class DANN(nn.Module):
     def __init__(self, backbone, classes=31, bottleneck=256):
         super().__init__()
@@ -97,6 +114,9 @@ CONFIGS = {
     "vit_b16": (lambda: ViTLike(), 224, 32),
     "resnet50_small": (lambda: ResNet50Like(16), 64, 8),
     "vit_small": (lambda: ViTLike(img=64, dim=192, depth=4, heads=3, mlp=768), 64, 8),
+    # token models: (builder, sequence length, batch per domain)
+    "gpt2": (lambda: GPT2Like(), 128, 16),
+    "gpt2_small": (lambda: GPT2Like(layers=4, dim=256, heads=4, vocab=8192, context=64), 64, 8),
 }
 TRADE_OFF = 1.0
 
@@ -106,8 +126,13 @@ def make(config: str, device, seed=0):
     build, img, batch = CONFIGS[config]
     model = DANN(build()).to(device)
     g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(batch, 3, img, img, generator=g).to(device)
-    xt = (torch.randn(batch, 3, img, img, generator=g) * 1.2 + 0.3).to(device)
+    if isinstance(model.backbone, GPT2Like):  # token ids; the target domain draws from the upper half of the vocabulary
+        vocab = model.backbone.vocab
+        xs = torch.randint(0, vocab, (batch, img), generator=g).to(device)
+        xt = torch.randint(vocab // 2, vocab, (batch, img), generator=g).to(device)
+    else:
+        xs = torch.randn(batch, 3, img, img, generator=g).to(device)
+        xt = (torch.randn(batch, 3, img, img, generator=g) * 1.2 + 0.3).to(device)
     ys = torch.randint(0, 31, (batch,), generator=g).to(device)
     return model, (xs, ys, xt)
 

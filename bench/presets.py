@@ -2,7 +2,11 @@
 uses) and the targets the summary evaluates, kept out of ``run.main``."""
 from __future__ import annotations
 
+import importlib.util
 from typing import List, NamedTuple, Optional, Tuple
+
+#: The GPT-2 end-to-end row needs Hugging Face transformers (a benchmark dependency, never the package's).
+GPT2 = ["gpt2"] if importlib.util.find_spec("transformers") is not None else []
 
 
 class Preset(NamedTuple):
@@ -29,7 +33,7 @@ def preset(name: str, gpu: bool, max_n: Optional[float] = None, compile_ok: bool
     sweep = [n for n in (100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000) if n <= limit]
     cases = [("sweep", n) for n in sweep] + [("resnet50", 0), ("vit_b16", 0), ("llm", 0), ("many_tiny", 0)]
     return Preset(cases, ["float32", "bfloat16"], 0.15 if gpu else 1.0, compile_ok, memory_ok,
-                  ["resnet50", "vit_b16"] if gpu else ["resnet50_small", "vit_small"], 10 if gpu else 9, 2, 100_000_000, 0)
+                  ["resnet50", "vit_b16"] + GPT2 if gpu else ["resnet50_small", "vit_small"] + [c + "_small" for c in GPT2], 10 if gpu else 9, 2, 100_000_000, 0)
 
 
 #: Targets of the benchmark issue: (share of copy bandwidth, x released recipe, x other baseline, which baseline).

@@ -3,7 +3,9 @@
 #  - torch: reuse the installed one; if there is none, the pinned CPU wheel torch==2.13.0
 #    (an unpinned "torch" would download a multi-GB CUDA build);
 #  - test/benchmark/demo dependencies (Triton runs on CPU tensors via TRITON_INTERPRET=1; torchjd and its
-#    solvers are the multi-task tests' and benchmarks' reference -- the package itself never imports them);
+#    solvers are the multi-task tests' and benchmarks' reference; transformers, accelerate and lightning are
+#    the integration tests' and python/ examples' -- the package itself never imports them), installed
+#    with a constraint that keeps the torch already there;
 #  - this package, built against that torch (--no-build-isolation) with its C++ extension.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install --quiet torch==2.13.0
 fi
 missing=()
-for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton torchjd qpsolvers quadprog cvxpy clarabel ecos; do
+for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton torchjd qpsolvers quadprog cvxpy clarabel ecos \
+           transformers accelerate lightning; do
   "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -25,7 +28,12 @@ if [ ${#missing[@]} -gt 0 ]; then
       *) pkgs+=("$mod") ;;
     esac
   done
-  "$PY" -m pip install --quiet "${pkgs[@]}"
+  # A constraint pins the torch already installed: a package that asks for a newer torch (transformers,
+  # lightning, accelerate may) must not replace it with a multi-GB CUDA build that breaks the extension's ABI.
+  constraint=$(mktemp)
+  "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraint"
+  "$PY" -m pip install --quiet -c "$constraint" "${pkgs[@]}"
+  rm -f "$constraint"
 fi
 # The editable install: skipped when this checkout is already the installed gh_kernels (a re-run
 # then costs seconds, not the ~35 s of pip resolving and rebuilding the package metadata).
