@@ -86,3 +86,11 @@ def test_accelerate_no_sync_bf16():
     net, loss = accelerate_example.main(["--steps", "3", "--samples", "8", "--mixed-precision", "bf16"])
     _same(net, _reference(3, 8, autocast=True), 1e-5)
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_the_package_needs_none_of_them():
+    """transformers, lightning, accelerate (and torchjd) are test and example dependencies only."""
+    code = ("import sys, gh_kernels; "
+            "print([m for m in ('transformers', 'lightning', 'accelerate', 'torchjd') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
