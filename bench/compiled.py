@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import gh_kernels
+
+from . import timing
 
 
 class MLPDANN(nn.Module):
@@ -60,12 +61,7 @@ def measure(rounds: int = 40):
     for fn in fns.values():  # warm-up: compiles
         for _ in range(3):
             fn()
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
+    samples = timing.interleaved(fns, torch.device("cpu"), min_time=0.0, min_rounds=rounds)
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(samples[a], samples[b]))  # noqa: E731
     return {"median_ms": {k: statistics.median(v) * 1e3 for k, v in samples.items()},
             "compiled harmonized / eager harmonized": ratio("compiled harmonized", "eager harmonized"),

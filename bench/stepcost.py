@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from typing import Callable, Dict, List
 
 import torch
@@ -75,15 +74,9 @@ def measure(Ks=(2, 4), methods=("mean", "upgrad"), rounds: int = 60) -> List[dic
     rows = []
     for K in Ks:
         fns = variants(K, list(methods) + (["gh"] if K == 2 else []))
-        for fn in fns.values():  # warm-up
+        for fn in fns.values():  # warm-up (interleaved() then calibrates with one more call)
             fn()
-            fn()
-        samples = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t0)
+        samples = timing.interleaved(fns, torch.device("cpu"), min_time=0.0, min_rounds=rounds)
         tensors = sum(1 for _ in SmallTensorNet(K).parameters())
         for name, s in samples.items():
             ratio = statistics.median(o / b for o, b in zip(s, samples["plain"]))
