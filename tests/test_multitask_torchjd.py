@@ -117,3 +117,55 @@ def test_nash_mtl_over_steps(K, gen):
         assert rel(o / o.norm(), r / r.norm()) < TOL, (K, step)
         Gn, alpha = G / G.norm(), ours.alpha
         assert ((Gn @ alpha - 1 / alpha).norm() / (1 / alpha).norm()) < 1e-5
+
+
+@pytest.mark.parametrize("K", range(3, 13))
+def test_krum_same_weights_as_torchjd(K, gen):
+    """Krum from the Gram matrix, for every valid (n_byzantine, n_selected), on torchjd's kind of inputs
+    and on a matrix with outliers (Byzantine rows far from the others)."""
+    for cond, J in matrices(K, gen):
+        outliers = J.clone()
+        outliers[: max(1, K // 4)] *= 25.0
+        for M in (J, outliers):
+            G = M @ M.T
+            for f in range(0, K - 2):
+                for m in sorted({1, K - f, K}):
+                    ref = A.KrumWeighting(n_byzantine=f, n_selected=m)(G)
+                    ours = gh_kernels.weights(G, "krum", n_byzantine=f, n_selected=m).double()
+                    if torch.equal(ours, ref):
+                        continue
+                    # only a tie may differ (equal scores up to rounding, e.g. cond 1: every distance equal):
+                    # then both selections hold m of the lowest scores
+                    d = (G.diagonal()[None] + G.diagonal()[:, None] - 2 * G).clamp_min(0).sqrt()
+                    scores = torch.topk(d, K - f - 1, largest=False).values[:, 1:].sum(1)
+                    cut = torch.sort(scores).values[m - 1]
+                    for w in (ours, ref):
+                        assert torch.all(scores[w > 0] <= cut * (1 + 1e-9)), (K, f, m, cond)
+                    assert torch.isclose(torch.sort(scores).values[m], cut, rtol=1e-9), (K, f, m, cond, "not a tie")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_same_draws_as_torchjd(dtype, gen):
+    """RLW: the same seed of the global generator gives torchjd's weights; generator= draws from it."""
+    for K in (2, 5, 12):
+        J = torch.randn(K, 9, generator=gen, dtype=dtype)
+        torch.manual_seed(K)
+        ref = A.RandomWeighting()(J)
+        torch.manual_seed(K)
+        ours = gh_kernels.weights(J @ J.T, "random")
+        torch.testing.assert_close(ours, ref.to(ours.dtype))
+        a = gh_kernels.weights(J @ J.T, "random", generator=torch.Generator().manual_seed(1))
+        b = gh_kernels.weights(J @ J.T, "random", generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a, b) and torch.allclose(a.sum(), torch.ones((), dtype=a.dtype)) and (a > 0).all()
+
+
+@pytest.mark.parametrize("options,match", [({"n_byzantine": 3}, "n_byzantine of 'krum' must be at most K - 3 = 2"),
+                                           ({"n_byzantine": -1}, "n_byzantine of 'krum' must be an integer >= 0"),
+                                           ({"n_selected": 6}, "n_selected of 'krum' must be at most K = 5"),
+                                           ({"n_selected": 0}, "n_selected of 'krum' must be an integer >= 1"),
+                                           ({"n_selected": 1.5}, "n_selected of 'krum' must be an integer")])
+def test_krum_options_out_of_range_are_named(options, match):
+    with pytest.raises(ValueError, match=match):
+        gh_kernels.weights(torch.eye(5), "krum", **options)
+    with pytest.raises(ValueError, match="n_byzantine"):
+        gh_kernels.weights(torch.eye(2), "krum")  # K = 2 < 0 + 3

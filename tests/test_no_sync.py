@@ -116,11 +116,17 @@ def test_aggregate_traces_with_fullgraph_compile(label, make, options):
     gen = torch.Generator().manual_seed(3)
     batches = [[[torch.randn(n, generator=gen) for n in (5, 7)] for _ in range(3)] for _ in range(2)]
     eager_method, compiled_method = make(), make()
-    eager = [gh_kernels.aggregate(g, eager_method, backend="cpu" if "cpu" in gh_kernels.available_backends() else None,
-                                  **options) for g in batches]
+    backend = "cpu" if "cpu" in gh_kernels.available_backends() else None
+    eager = []
+    for i, g in enumerate(batches):
+        torch.manual_seed(i)  # "random" draws from the global generator: the same draws in both runs
+        eager.append(gh_kernels.aggregate(g, eager_method, backend=backend, **options))
     torch._dynamo.reset()
     step = torch.compile(lambda g: gh_kernels.aggregate(g, compiled_method, **options), fullgraph=True, backend="aot_eager")
-    compiled = [step(g) for g in batches]
+    compiled = []
+    for i, g in enumerate(batches):
+        torch.manual_seed(i)
+        compiled.append(step(g))
     for e, c in zip(eager, compiled):
         torch.testing.assert_close(c.weights, e.weights, rtol=1e-5, atol=1e-6)
         for a, b in zip(c.out, e.out):

@@ -4,7 +4,7 @@ registry that resolves a ``method=`` argument for every entry point (``weights``
 
 * ``gh.py``: the two-task GH rules (``"sum"``, ``"gh"``, ``"gh++"``, ``"gh++released"``; K = 2),
   run by the backends' ``weights`` kernels;
-* ``rules.py``: the stateless multi-task rules, each ``rule(G, *, gram_eps, **options)`` with its
+* ``rules.py``: the stateless multi-task rules, each ``rule(G, *, gram_dtype, **options)`` with its
   options as named keyword parameters; ``solvers.py`` and ``linalg.py`` are their exact small solves;
 * ``stateful.py``: the methods with state across steps (``GradVac``, ``NashMTL``).
 
@@ -170,9 +170,9 @@ def _check_any_k(method: Method, options: dict, where: str, backend: Optional[st
 
 
 def rule_options(rule: Callable) -> Tuple[str, ...]:
-    """The options a rule takes: its keyword parameters other than ``gram_eps``."""
+    """The options a rule takes: its keyword parameters other than ``gram_dtype``."""
     return tuple(name for name, p in inspect.signature(rule).parameters.items()
-                 if p.kind is p.KEYWORD_ONLY and name != "gram_eps")
+                 if p.kind is p.KEYWORD_ONLY and name != "gram_dtype")
 
 
 def _finite_at_least(method: str, name: str, value, low: float) -> None:
@@ -191,6 +191,8 @@ def check_options(method: str, rule: Callable, options: dict, K: int) -> None:
     for name in ("c", "norm_eps", "reg_eps"):
         if name in options:
             _finite_at_least(method, name, options[name], 0.0)
+    if method == "krum":
+        _check_krum(options, K)
     if "scale_mode" in options and options["scale_mode"] not in ("min", "median", "rmse"):
         raise ValueError(f"option scale_mode of 'aligned-mtl' must be 'min', 'median' or 'rmse'; got {options['scale_mode']!r}")
     if "generator" in options and options["generator"] is not None and not isinstance(options["generator"], torch.Generator):
@@ -198,6 +200,19 @@ def check_options(method: str, rule: Callable, options: dict, K: int) -> None:
                          f"{type(options['generator']).__name__}")
     if options.get("pref_vector") is not None:
         options["pref_vector"] = _check_pref(method, options["pref_vector"], K)
+
+
+def _check_krum(options: dict, K: int) -> None:
+    """torchjd's rule: K >= n_byzantine + 3 and 1 <= n_selected <= K (integers)."""
+    f, m = options.get("n_byzantine", 0), options.get("n_selected", 1)
+    for name, value in (("n_byzantine", f), ("n_selected", m)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "n_byzantine" else 1):
+            raise ValueError(f"option {name} of 'krum' must be an integer >= {0 if name == 'n_byzantine' else 1}; got {value!r}")
+    if K < f + 3:
+        raise ValueError(f"option n_byzantine of 'krum' must be at most K - 3 = {K - 3} (Krum needs K >= n_byzantine + 3); "
+                         f"got n_byzantine={f} for K = {K}")
+    if m > K:
+        raise ValueError(f"option n_selected of 'krum' must be at most K = {K}; got {m}")
 
 
 def _check_pref(method: str, p, K: int) -> torch.Tensor:

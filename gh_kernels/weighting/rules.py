@@ -39,6 +39,10 @@ and the tests compare with torchjd on the same matrices (tests/test_multitask_to
 ``"config"``        Liu et al., "ConFIG: Towards Conflict-free Training of PINNs", ICLR 2025, eq. 2:
                     direction ``pinv(U) p`` for the unit gradients U (``p``: ``pref_vector``, default
                     ones), length ``sum_i <g_i, direction>``.
+``"krum"``          Blanchard et al., NeurIPS 2017 (Multi-Krum with ``n_selected``): ``1/n_selected``
+                    on the gradients whose distances to their K - n_byzantine - 2 nearest others sum
+                    lowest (distances from G; torchjd's Euclidean distances).
+``"random"``        Lin et al., TMLR 2022 (RLW): softmax of K normal draws, drawn as torchjd draws them.
 ==================  ==========================================================================
 
 Regularization (a singular or rank-deficient G): UPGrad and DualProj solve on
@@ -69,12 +73,12 @@ def _pref(pref_vector: Optional[torch.Tensor], G: torch.Tensor, default: float) 
     return pref_vector.to(device=G.device, dtype=G.dtype)
 
 
-def mean(G, *, gram_eps):
+def mean(G, *, gram_dtype):
     K = G.shape[0]
     return torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
 
 
-def sum_(G, *, gram_eps):
+def sum_(G, *, gram_dtype):
     return torch.ones(G.shape[0], dtype=G.dtype, device=G.device)
 
 
@@ -94,7 +98,7 @@ def visiting_order(K: int, generator: Optional[torch.Generator], device: torch.d
     return torch.stack(rows).to(device)
 
 
-def pcgrad(G, *, gram_eps, generator: Optional[torch.Generator] = None):
+def pcgrad(G, *, gram_dtype, generator: Optional[torch.Generator] = None):
     """PCGrad: Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020, Alg. 1."""
     K = G.shape[0]
     order = visiting_order(K, generator, G.device, others_only=False)
@@ -111,12 +115,12 @@ def pcgrad(G, *, gram_eps, generator: Optional[torch.Generator] = None):
     return C.sum(0)
 
 
-def mgda(G, *, gram_eps):
+def mgda(G, *, gram_dtype):
     """MGDA: Desideri, C. R. Math. 2012; Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018."""
     return min_norm_simplex(regularize(normalize(G, _TINY), MIN_NORM_REG))  # all-zero G: 1/K
 
 
-def cagrad(G, *, gram_eps, c: float = 0.4, norm_eps: float = 1e-4):
+def cagrad(G, *, gram_dtype, c: float = 0.4, norm_eps: float = 1e-4):
     """CAGrad: Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021, Alg. 1 (torchjd's weights)."""
     K = G.shape[0]
     Gn = normalize(G, norm_eps)
@@ -130,18 +134,18 @@ def cagrad(G, *, gram_eps, c: float = 0.4, norm_eps: float = 1e-4):
     return torch.where(radius > 0, torch.where(gw >= norm_eps, lifted, torch.zeros_like(base)), base)
 
 
-def imtl_g(G, *, gram_eps):
+def imtl_g(G, *, gram_dtype):
     """IMTL-G: Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021; torchjd's pinv generalization."""
-    v = pinv_sym(G, gram_eps) @ G.diagonal().clamp_min(0.0).sqrt()
+    v = pinv_sym(G, torch.finfo(gram_dtype).eps) @ G.diagonal().clamp_min(0.0).sqrt()
     s = v.sum()
     return torch.where(s.abs() < 1e-12, torch.zeros_like(v), v / torch.where(s.abs() < 1e-12, torch.ones_like(s), s))
 
 
-def aligned_mtl(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, scale_mode: str = "min"):
+def aligned_mtl(G, *, gram_dtype, pref_vector: Optional[torch.Tensor] = None, scale_mode: str = "min"):
     """Aligned-MTL: Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023, Alg. 1."""
     K = G.shape[0]
     evals, V = symeig(G)
-    keep = evals > evals.max() * K * gram_eps
+    keep = evals > evals.max() * K * torch.finfo(gram_dtype).eps
     inv_sqrt = torch.where(keep, torch.where(keep, evals, torch.ones_like(evals)).rsqrt(), torch.zeros_like(evals))
     kept = torch.where(keep, evals, torch.full_like(evals, float("nan")))
     if scale_mode == "min":
@@ -158,24 +162,24 @@ def aligned_mtl(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, scal
     return torch.where(keep.any(), B @ p, p)
 
 
-def upgrad(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
+def upgrad(G, *, gram_dtype, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
     """UPGrad: Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232 (2024)."""
     Gr = regularize(normalize(G, norm_eps), reg_eps)
     return dual_cone_weights(Gr, torch.diag(_pref(pref_vector, G, 1.0 / G.shape[0]))).sum(0)
 
 
-def dualproj(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
+def dualproj(G, *, gram_dtype, pref_vector: Optional[torch.Tensor] = None, norm_eps: float = 1e-4, reg_eps: float = 1e-4):
     """DualProj: Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017, eq. 11."""
     Gr = regularize(normalize(G, norm_eps), reg_eps)
     return dual_cone_weights(Gr, _pref(pref_vector, G, 1.0 / G.shape[0])[None])[0]
 
 
-def config(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None):
+def config(G, *, gram_dtype, pref_vector: Optional[torch.Tensor] = None):
     """ConFIG: Liu et al., "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks", ICLR 2025, eq. 2."""
     norms = G.diagonal().clamp_min(0.0).sqrt()
     inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     Gu = G * inv_norm[:, None] * inv_norm[None, :]      # Gram of the unit gradients U = D^-1 J
-    a = pinv_sym(Gu, gram_eps) @ _pref(pref_vector, G, 1.0)   # pinv(U) p = U^T a
+    a = pinv_sym(Gu, torch.finfo(gram_dtype).eps) @ _pref(pref_vector, G, 1.0)   # pinv(U) p = U^T a
     direction_sq = (a @ Gu @ a).clamp_min(0.0)          # ||U^T a||^2
     coeff = inv_norm * a                                # direction = J^T coeff
     length = (G @ coeff).sum()                          # sum_i <g_i, direction>
@@ -183,12 +187,40 @@ def config(G, *, gram_eps, pref_vector: Optional[torch.Tensor] = None):
     return torch.where(direction_sq > 0, length / safe * coeff, torch.zeros_like(coeff))
 
 
-#: name -> rule. A rule is ``rule(G, *, gram_eps, **options)`` on a float64 K x K Gram matrix; its keyword
+def krum(G, *, gram_dtype, n_byzantine: int = 0, n_selected: int = 1):
+    """Krum / Multi-Krum: Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient
+    Descent", NeurIPS 2017. Each gradient's score is the sum of its distances to its K - n_byzantine - 2
+    nearest others (distances from G: ``|g_i|^2 + |g_j|^2 - 2 <g_i, g_j>``); the ``n_selected`` lowest
+    scores get ``1 / n_selected`` each. As torchjd 0.18: Euclidean (not squared) distances, ties broken by
+    ``topk``, the nearest "other" found by dropping each row's smallest distance (its own, 0)."""
+    K = G.shape[0]
+    norms = G.diagonal()
+    distances = (norms[None, :] + norms[:, None] - 2 * G).clamp_min(0.0).sqrt()
+    nearest = torch.topk(distances, k=K - n_byzantine - 1, largest=False).values[:, 1:]
+    chosen = torch.topk(nearest.sum(1), k=n_selected, largest=False).indices
+    weights = torch.zeros(K, dtype=G.dtype, device=G.device).index_put((chosen,), torch.ones_like(chosen, dtype=G.dtype))
+    return weights / n_selected
+
+
+def random(G, *, gram_dtype, generator: Optional[torch.Generator] = None):
+    """Random loss weighting (RLW): Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test
+    for Multi-Task Learning", TMLR 2022: softmax of K standard normal draws, new every step. Drawn as
+    torchjd 0.18 draws them (``randn(K)`` in the Gram matrix's dtype, from the global generator unless
+    ``generator=`` is given), so the same seed gives the same weights."""
+    K = G.shape[0]
+    device = G.device if generator is None else generator.device
+    draws = torch.randn(K, dtype=gram_dtype if gram_dtype.is_floating_point else torch.float32, device=device,
+                        generator=generator)
+    return torch.softmax(draws, dim=-1).to(device=G.device, dtype=G.dtype)
+
+
+#: name -> rule. A rule is ``rule(G, *, gram_dtype, **options)`` on a float64 K x K Gram matrix; its keyword
 #: parameters (other than ``gram_eps``, the rounding unit of the Gram matrix's own dtype) are the options
 #: it takes, with their defaults. The registry (``weighting/__init__.py``) reads them from the signature.
 RULES: Dict[str, Callable] = {
     "mean": mean, "sum": sum_, "pcgrad": pcgrad, "mgda": mgda, "cagrad": cagrad, "imtl-g": imtl_g,
-    "aligned-mtl": aligned_mtl, "upgrad": upgrad, "dualproj": dualproj, "config": config,
+    "aligned-mtl": aligned_mtl, "upgrad": upgrad, "dualproj": dualproj, "config": config, "krum": krum,
+    "random": random,
 }
 #: Neutral weights (returned for a non-finite G) are ``pref_vector`` when given, else 1 for these, 1/K for the rest.
 SUM_TYPE = {"sum", "pcgrad", "config"}
@@ -202,5 +234,5 @@ def solve(G: torch.Tensor, rule: Callable, neutral: float, options: dict) -> tor
     G64 = G.to(torch.float64)
     finite = torch.isfinite(G64).all()
     G64 = torch.where(finite, 0.5 * (G64 + G64.T), eye(K, torch.float64, G.device))
-    w = rule(G64, gram_eps=torch.finfo(G.dtype).eps, **options)
+    w = rule(G64, gram_dtype=G.dtype, **options)
     return torch.where(finite, w, _pref(options.get("pref_vector"), G64, neutral))
