@@ -268,3 +268,19 @@ def test_tiny_gradients_are_not_zeroed(gen):
     for method in ("upgrad", "dualproj", "cagrad"):
         torch.testing.assert_close(gh_kernels.weights(G, method), torch.full((3,), 1 / 3, dtype=G.dtype))
     assert (gh_kernels.weights(G, "mgda") @ J).norm() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_config_rank_one_jacobian_pointing_both_ways_gives_zero(dtype, gen):
+    """ConFIG's direction pinv(U) 1 is exactly 0 when the rows are multiples of one vector, as many pointing
+    each way (the unit rows cancel): the update is 0 for every row order and scaling, never rounding noise
+    rescaled to full length (which gave g1 + g2 for two opposite gradients in a third of the draws)."""
+    for _ in range(100):
+        g = torch.randn(7, generator=gen, dtype=torch.float64)
+        K = 2 * int(torch.randint(1, 4, (), generator=gen))
+        coeffs = torch.rand(K, generator=gen, dtype=torch.float64) * 3 + 0.1
+        coeffs[torch.randperm(K, generator=gen)[: K // 2]] *= -1  # half of them point the other way
+        J = (coeffs[:, None] * g[None, :]).to(dtype)
+        for M in (J, J.flip(0), 5.0 * J):
+            update = gh_kernels.weights(M @ M.T, "config").to(torch.float64) @ M.to(torch.float64)
+            assert update.norm() <= 1e-6 * M.to(torch.float64).norm(), (K, coeffs.tolist())

@@ -179,12 +179,21 @@ def config(G, *, gram_dtype, pref_vector: Optional[torch.Tensor] = None):
     norms = G.diagonal().clamp_min(0.0).sqrt()
     inv_norm = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms))
     Gu = G * inv_norm[:, None] * inv_norm[None, :]      # Gram of the unit gradients U = D^-1 J
-    a = pinv_sym(Gu, torch.finfo(gram_dtype).eps) @ _pref(pref_vector, G, 1.0)   # pinv(U) p = U^T a
+    eps = torch.finfo(gram_dtype).eps
+    pinv = pinv_sym(Gu, eps)
+    p = _pref(pref_vector, G, 1.0)
+    a = pinv @ p                                        # pinv(U) p = U^T a
     direction_sq = (a @ Gu @ a).clamp_min(0.0)          # ||U^T a||^2
+    # A direction at rounding level is 0 (p outside the unit gradients' span, e.g. two opposite gradients:
+    # pinv(U) p is exactly 0): rescaling its noise to full length would give an arbitrary update. An
+    # error of (K eps) ||p|| along a kept eigenvector of eigenvalue l moves ||U^T a||^2 by (K eps)^2 ||p||^2 / l,
+    # at most (K eps)^2 ||p||^2 ||pinv||; a true direction has ||U^T a||^2 >= ||p_span||^2 / l_max.
+    noise = (G.shape[0] * eps) ** 2 * (p @ p) * pinv.norm()
+    nonzero = direction_sq > noise
     coeff = inv_norm * a                                # direction = J^T coeff
     length = (G @ coeff).sum()                          # sum_i <g_i, direction>
-    safe = torch.where(direction_sq > 0, direction_sq, torch.ones_like(direction_sq))
-    return torch.where(direction_sq > 0, length / safe * coeff, torch.zeros_like(coeff))
+    safe = torch.where(nonzero, direction_sq, torch.ones_like(direction_sq))
+    return torch.where(nonzero, length / safe * coeff, torch.zeros_like(coeff))
 
 
 def krum(G, *, gram_dtype, n_byzantine: int = 0, n_selected: int = 1):
