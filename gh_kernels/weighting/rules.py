@@ -127,11 +127,16 @@ def cagrad(G, *, gram_dtype, c: float = 0.4, norm_eps: float = 1e-4):
     b = Gn.sum(1) / K                                    # J g0 with g0 the mean gradient
     radius = c * (Gn.sum() / (K * K)).clamp_min(0.0).sqrt()  # c ||g0||
     safe_radius = torch.where(radius > 0, radius, torch.ones_like(radius))
-    w = cagrad_simplex(regularize(Gn, MIN_NORM_REG), b, safe_radius)
-    gw = (w @ Gn @ w).clamp_min(0.0).sqrt()
+    noise = K * torch.finfo(gram_dtype).eps  # Gn has trace 1: its rounding as an absolute level
+    w = cagrad_simplex(regularize(Gn, MIN_NORM_REG), b, safe_radius, noise)
+    quad = (w @ Gn @ w).clamp_min(0.0)
+    gw = quad.sqrt()
     base = torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
     lifted = base + radius / torch.where(gw > 0, gw, torch.ones_like(gw)) * w
-    return torch.where(radius > 0, torch.where(gw >= norm_eps, lifted, torch.zeros_like(base)), base)
+    # ||J^T w|| below norm_eps, or within the Gram matrix's rounding (0 in the hull of the gradients,
+    # up to float32 rounding): the optimum is the kink J^T w = 0, where torchjd's rule gives zero weights
+    at_kink = (gw < norm_eps) | (quad <= noise)
+    return torch.where(radius > 0, torch.where(at_kink, torch.zeros_like(base), lifted), base)
 
 
 def imtl_g(G, *, gram_dtype):

@@ -58,7 +58,7 @@ def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     return argmin_candidates(W, objective)
 
 
-def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
     """``argmin_w b^T w + radius * sqrt(w^T G w)`` over the simplex (CAGrad's dual problem).
 
     On a support S, with ``a = G_SS^-1 1`` and ``d = G_SS^-1 b_S``, stationarity gives
@@ -82,6 +82,12 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> to
     W = ((lam[:, None] * a - d) / root[:, None]).clamp_min(0.0)
     total = W.sum(-1, keepdim=True)
     W = W / torch.where(total > 0, total, torch.full_like(total, float("nan")))
-    quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
+    # The objective is not smooth where J^T w = 0 (0 in the hull of the gradients): that optimum is no
+    # stationary point of any support, so the min-norm point of the simplex joins the candidates; where
+    # its norm is 0 its objective is b^T w = 0, the optimum, and elsewhere it loses to a smooth candidate.
+    # ``noise``: the rounding level of w^T G w (the Gram matrix's own dtype); a norm within it counts as 0,
+    # and the min-norm point comes first, so it wins a tie at that level.
+    W = torch.cat((min_norm_simplex(G)[None], W))
+    quad = (torch.einsum("si,ij,sj->s", W, G, W) - noise).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
     return argmin_candidates(W, objective)
