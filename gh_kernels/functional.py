@@ -15,7 +15,7 @@ import torch
 from . import backends
 from .ops import dispatch as _dispatch
 from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .plan import CHECKS_IN_OP, HarmonizeOutput, Plan
+from .plan import CHECKS_IN_OP, HarmonizeOutput, Plan, call_checked, fake_kernel_ran
 from .weighting import resolve
 from .weighting.gh import check_method
 
@@ -51,17 +51,8 @@ def _name_refusal(grads, out, set_names=None) -> None:
 
 
 def _op_call(grads, out, fn, set_names=None):
-    """``fn()`` with the op's checks; a refusal is re-raised after the Python checks named the argument."""
-    try:
-        result = fn()
-    except (RuntimeError, TypeError, IndexError):
-        _name_refusal(grads, out, set_names)
-        raise
-    return result
-
-
-def _fake_result(G: torch.Tensor, device: torch.device) -> bool:
-    return G.device.type == "meta" and device.type != "meta"
+    """``fn()`` with the op's checks (:func:`gh_kernels.plan.call_checked`), the refusal named by the Python checks."""
+    return call_checked(fn, lambda: _name_refusal(grads, out, set_names))
 
 
 def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Tensor:
@@ -73,7 +64,7 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
     if quick is not None:
         sets, device, _ = quick
         G = _op_call(grads, None, lambda: _dispatch.gram(sets, device, backend))
-        if _fake_result(G, device):
+        if fake_kernel_ran(G, device):
             _name_refusal(grads, None)
         return G
     sets, device = check_grad_sets(grads)
@@ -105,7 +96,6 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
         raise ValueError(f"G must be a dense (torch.strided) tensor; got layout {G.layout}")
     weighting = resolve(method, G.shape[0], options, backend=backend)
     if weighting.gh_code is not None and backend is not None:
-        from . import backends
         backends.resolve(backend, G.device, 2)  # BackendUnavailable before anything runs
     return weighting(G)
 
@@ -142,7 +132,7 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     w, pending = weighting.solve(G)
     try:
         out = _op_call(grads, out, lambda: _dispatch.combine(w, sets, device, out, False, backend))
-        if _fake_result(G, device):
+        if fake_kernel_ran(G, device):
             _name_refusal(grads, out)
     except BaseException:
         pending.rollback()
@@ -227,6 +217,6 @@ def harmonize(
     else:
         G, w, _ = _op_call([g1, g2], out, lambda: plan.run(out, sets[0] + sets[1], None, None, False), names)
         result = HarmonizeOutput(out, w, G)
-    if quick is not None and _fake_result(result.gram, device):
+    if quick is not None and fake_kernel_ran(result.gram, device):
         _name_refusal([g1, g2], out, names)
     return result

@@ -13,6 +13,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import torch
 
+from .step.checks import check_loss
 from .step.engine import Engine, Face
 from .weighting import Method
 from .weighting.gh import check_method
@@ -153,7 +154,6 @@ class MultiTaskHarmonizer(_Face):
             raise TypeError(f"losses must be a list/tuple of scalar losses, got {type(losses).__name__}")
         if len(losses) < 2:
             for k, loss in enumerate(losses):
-                from .step.checks import check_loss
                 check_loss(loss, f"losses[{k}]")
             raise ValueError(f"losses holds {len(losses)} loss(es); a multi-task step needs at least 2 "
                              "(with one loss, call loss.backward())")

@@ -25,7 +25,7 @@ the previous call's (what a captured CUDA graph needs).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -38,6 +38,22 @@ from .weighting import Method, Pending, Weighting, resolve, weights_dtype
 #: Backends whose ops check every argument in C++ before writing (NOTE: [Checks in the op]).
 CHECKS_IN_OP = ("cpu", "cuda")
 NO_CHANGE = Pending()  # the state change of a stateless method
+
+
+def call_checked(run: Callable, name_refusal: Callable[[], None]):
+    """NOTE: [Checks in the op]: ``run()`` relying on the op's own checks; when the op refuses an argument,
+    ``name_refusal()`` (the Python checks) raises an error naming it, else the op's error is re-raised."""
+    try:
+        return run()
+    except (RuntimeError, TypeError, IndexError):
+        name_refusal()
+        raise
+
+
+def fake_kernel_ran(G: torch.Tensor, device: torch.device) -> bool:
+    """A real meta tensor among the lists makes the dispatcher run the op's fake kernel: nothing was
+    computed, and its result lives on the meta device."""
+    return G.device.type == "meta" and device.type != "meta"
 
 
 class HarmonizeOutput(NamedTuple):
@@ -122,14 +138,11 @@ class Plan:
         if not self.checks_in_op:
             self.python_checks(sets, out, names)
         flat = sets[0] + sets[1] if K == 2 else [t for s in sets for t in s]
-        try:
-            G, w, pending = self.run(out, flat, None, None, False)
-        except (RuntimeError, TypeError):
-            self.python_checks(sets, out, names)  # raises an error naming the argument and index
-            raise
-        if G.device.type == "meta" and self.device.type != "meta":  # a meta tensor: the dispatcher ran the fake kernel
+        name_refusal = lambda: self.python_checks(sets, out, names)  # noqa: E731
+        G, w, pending = call_checked(lambda: self.run(out, flat, None, None, False), name_refusal)
+        if fake_kernel_ran(G, self.device):
             pending.rollback()
-            self.python_checks(sets, out, names)
+            name_refusal()
         pending.commit()
         return HarmonizeOutput(out, w, G)
 

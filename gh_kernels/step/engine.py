@@ -26,7 +26,7 @@ from .. import backends, distributed
 from ..ops import dispatch
 from ..ops.library import result_dtype
 from ..ops.validate import check_sets
-from ..plan import Plan, scaled
+from ..plan import Plan, call_checked, fake_kernel_ran, scaled
 from ..weighting import Pending, check_backend_name, resolve
 from . import checks, write
 
@@ -158,16 +158,13 @@ class Engine:
             mask = self._gram_mask(sets, index)
             mask = None if all(mask) else mask
         names = self._names(len(sets))
+        name_refusal = lambda: self._python_checks(sets, found, names)  # noqa: E731
         if not plan.checks_in_op:
-            self._python_checks(sets, found, names)
-        try:
-            G, w, pending = plan.run(found.out, flat, mask, scales, found.accumulate[0])
-        except (RuntimeError, TypeError):
-            self._python_checks(sets, found, names)  # names the parameter when the Python rules see the problem
-            raise
-        if G.device.type == "meta" and self.device.type != "meta":  # a meta tensor reached the op: its fake kernel ran
+            name_refusal()
+        G, w, pending = call_checked(lambda: plan.run(found.out, flat, mask, scales, found.accumulate[0]), name_refusal)
+        if fake_kernel_ran(G, self.device):
             pending.rollback()
-            self._python_checks(sets, found, names)
+            name_refusal()
         return G, w, pending, found
 
     def _python_checks(self, sets, found, names) -> None:
