@@ -14,9 +14,9 @@ import torch
 
 from . import backends
 from .ops import dispatch as _dispatch
-from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
+from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out, flatten_sets
 from .plan import CHECKS_IN_OP, HarmonizeOutput, Plan, call_checked, fake_kernel_ran
-from .weighting import resolve
+from .weighting import _generator_guard, resolve
 from .weighting.gh import check_method
 
 
@@ -73,6 +73,7 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
 
 def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **options) -> torch.Tensor:
     """Weights from a K x K Gram matrix ``G``: (K,) on G's device, float32 (float64 for a float64 ``G``).
+    For :class:`MoDo` and :class:`SDMGrad`, ``G`` is the cross-batch matrix ``J_1 J_2^T`` of two batches.
 
     Two-task GH rules (K = 2; option ``kappa`` in [0, 1] splits the GH++ turn, default 0.5):
     ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++), ``"gh++released"``; see
@@ -95,6 +96,9 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
     if G.layout is not torch.strided:
         raise ValueError(f"G must be a dense (torch.strided) tensor; got layout {G.layout}")
     weighting = resolve(method, G.shape[0], options, backend=backend)
+    if weighting.coordinate is not None:
+        raise ValueError(f"method {method!r} works per coordinate: it has no weights from a Gram matrix "
+                         "(use gh_kernels.aggregate or MultiTaskHarmonizer)")
     if weighting.gh_code is not None and backend is not None:
         backends.resolve(backend, G.device, 2)  # BackendUnavailable before anything runs
     return weighting(G)
@@ -103,13 +107,14 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
 class AggregateOutput(NamedTuple):
     """What :func:`aggregate` computed, as device tensors."""
 
-    weights: torch.Tensor  #: (K,) the method's weights, float32 (float64 for float64 gradients)
-    out: List[TensorOrNone]  #: ``sum_k weights[k] * grads[k][p]`` per parameter (the ``out`` list, or new tensors)
-    gram: torch.Tensor  #: (K, K) Gram matrix of the sets
+    weights: Optional[torch.Tensor]  #: (K,) the method's weights, float32 (float64 for float64 gradients); None per coordinate
+    out: List[TensorOrNone]  #: the update per parameter (the ``out`` list, or new tensors)
+    gram: Optional[torch.Tensor]  #: (K, K) Gram matrix of the sets (2K x 2K with second_batch); None per coordinate
 
 
 def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequence[torch.Tensor]] = None,
-              backend: Optional[str] = None, **options) -> AggregateOutput:
+              backend: Optional[str] = None, second_batch: Optional[Sequence[GradSet]] = None,
+              **options) -> AggregateOutput:
     """Gram matrix, weights and combine for K gradient sets in one call; returns the weights first.
 
     ``grads``: K sets (lists with one tensor or None per parameter). ``method``/``options``: as
@@ -118,22 +123,48 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     C++ and Triton backends; more sets use the torch backend, logged once), the solve on the device,
     one fused combine pass: no host sync, no K x N copy. Everything is checked before anything is
     written.
+
+    Per-coordinate methods (``"trimmed-mean"``, ``"graddrop"``): one fused pass over the K sets and
+    no Gram matrix: ``weights`` and ``gram`` are None. Cross-batch methods (:class:`MoDo`,
+    :class:`SDMGrad`): ``second_batch`` holds the K sets of a second, independent batch; one Gram pass
+    over the 2K sets (``gram`` is 2K x 2K), the weights from its block ``J_1 J_2^T`` and ``out = sum_k
+    w_k (grads[k] + second_batch[k]) / 2`` (NOTE: [Cross-batch Gram]).
     """
-    quick = _checked_by_op(grads, out, backend)
+    if second_batch is not None:
+        if isinstance(second_batch, torch.Tensor) or not isinstance(second_batch, (list, tuple)):
+            raise TypeError(f"second_batch must be a list/tuple of gradient sets, got {type(second_batch).__name__}")
+        if not isinstance(grads, (list, tuple)) or len(second_batch) != len(grads):
+            count = len(grads) if isinstance(grads, (list, tuple)) else "?"
+            raise ValueError(f"second_batch has {len(second_batch)} gradient sets but grads has {count}: the cross-batch "
+                             "matrix J_1 J_2^T needs one set per task in each batch")
+    names = None if second_batch is None else ([f"grads[{k}]" for k in range(len(grads))] +
+                                               [f"second_batch[{k}]" for k in range(len(second_batch))])
+    every = grads if second_batch is None else list(grads) + list(second_batch)
+    quick = _checked_by_op(every, out, backend)
     if quick is None:
-        sets, device = check_grad_sets(grads)
+        sets, device = check_grad_sets(every, set_names=names)
         if out is not None:
             out = list(as_set(out, "out"))
-            check_out(out, sets)
+            check_out(out, sets, set_names=names)
     else:
         sets, device, out = quick
-    weighting = resolve(method, len(sets), options, backend=backend)
-    G = _op_call(grads, out, lambda: _dispatch.gram(sets, device, backend))
-    w, pending = weighting.solve(G)
+    K = len(sets) if second_batch is None else len(sets) // 2
+    weighting = resolve(method, K, options, backend=backend, cross_batch=second_batch is not None)
+    if weighting.coordinate is not None:
+        rollback = _generator_guard(weighting.coordinate.generator)
+        try:
+            out = _op_call(every, out, lambda: _dispatch.coordinate(weighting.coordinate, sets, device, out, backend), names)
+        except BaseException:
+            rollback()
+            raise
+        return AggregateOutput(None, out, None)
+    G = _op_call(every, out, lambda: _dispatch.gram(sets, device, backend), names)
+    w, pending = weighting.solve(G, flatten_sets(sets))
     try:
-        out = _op_call(grads, out, lambda: _dispatch.combine(w, sets, device, out, False, backend))
+        applied = weighting.combine_weights(w)
+        out = _op_call(every, out, lambda: _dispatch.combine(applied, sets, device, out, False, backend), names)
         if fake_kernel_ran(G, device):
-            _name_refusal(grads, out)
+            _name_refusal(every, out, names)
     except BaseException:
         pending.rollback()
         raise

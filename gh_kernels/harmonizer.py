@@ -144,12 +144,25 @@ class MultiTaskHarmonizer(_Face):
     def is_shared(self):
         return self._engine.is_shared
 
-    def backward(self, losses: Sequence[torch.Tensor], *, retain_graph: bool = False) -> MultiTaskResult:
+    def backward(self, losses: Sequence[torch.Tensor], *, retain_graph: bool = False,
+                 second_losses: Optional[Sequence[torch.Tensor]] = None) -> MultiTaskResult:
         """K backward passes, weights over ``shared``, the aggregated gradient added into ``.grad``.
 
         Existing ``.grad`` contents are added to (gradient accumulation). All or nothing: if
         anything raises, every ``.grad`` and the method's state are left as they were.
+
+        ``second_losses``: for :class:`gh_kernels.MoDo` and :class:`gh_kernels.SDMGrad` (required there,
+        refused elsewhere), the same K losses on a second, independent batch: 2K backward passes, one
+        Gram pass over the 2K gradient sets, the weights from its cross-batch block and ``.grad`` gets
+        ``sum_k w_k (g_k + g'_k) / 2`` (``gram`` in the result is 2K x 2K). Per-coordinate methods
+        (``"trimmed-mean"``, ``"graddrop"``) return ``weights`` and ``gram`` None.
         """
+        if second_losses is not None:
+            if isinstance(second_losses, torch.Tensor) or not isinstance(second_losses, (list, tuple)):
+                raise TypeError(f"second_losses must be a list/tuple of scalar losses, got {type(second_losses).__name__}")
+            if isinstance(losses, (list, tuple)) and len(second_losses) != len(losses):
+                raise ValueError(f"second_losses holds {len(second_losses)} losses but losses holds {len(losses)}: the "
+                                 "cross-batch matrix needs the same K losses on each batch")
         if isinstance(losses, torch.Tensor) or not isinstance(losses, (list, tuple)):
             raise TypeError(f"losses must be a list/tuple of scalar losses, got {type(losses).__name__}")
         if len(losses) < 2:
@@ -157,5 +170,6 @@ class MultiTaskHarmonizer(_Face):
                 check_loss(loss, f"losses[{k}]")
             raise ValueError(f"losses holds {len(losses)} loss(es); a multi-task step needs at least 2 "
                              "(with one loss, call loss.backward())")
-        G, w = self._engine.step(list(losses), None, retain_graph)
+        G, w = self._engine.step(list(losses), None, retain_graph,
+                                 None if second_losses is None else list(second_losses))
         return MultiTaskResult(w, G)

@@ -33,7 +33,7 @@ from . import backends
 from .ops import dispatch
 from .ops.library import result_dtype
 from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
-from .weighting import Method, Pending, Weighting, resolve, weights_dtype
+from .weighting import Method, Pending, Weighting, _generator_guard, resolve, weights_dtype
 
 #: Backends whose ops check every argument in C++ before writing (NOTE: [Checks in the op]).
 CHECKS_IN_OP = ("cpu", "cuda")
@@ -53,7 +53,7 @@ def call_checked(run: Callable, name_refusal: Callable[[], None]):
 def fake_kernel_ran(G: torch.Tensor, device: torch.device) -> bool:
     """A real meta tensor among the lists makes the dispatcher run the op's fake kernel: nothing was
     computed, and its result lives on the meta device."""
-    return G.device.type == "meta" and device.type != "meta"
+    return G is not None and G.device.type == "meta" and device.type != "meta"
 
 
 class HarmonizeOutput(NamedTuple):
@@ -73,8 +73,9 @@ class Plan:
     def __init__(self, weighting: Weighting, device: torch.device, backend: Optional[str] = None,
                  num_params: Optional[int] = None):
         self.weighting, self.device, self.num_params = weighting, device, num_params
-        self.num_sets = weighting.num_tasks
-        self.backend = backends.resolve(backend, device, self.num_sets)
+        self.num_sets = weighting.num_sets  # the sets a call passes (2K for a cross-batch plan)
+        extra = weighting.coordinate.extra_sets if weighting.coordinate is not None else 0
+        self.backend = backends.resolve(backend, device, self.num_sets + extra)
         self.checks_in_op = self.backend in CHECKS_IN_OP
         self.fused_op = backends.kernel(self.backend, "harmonize_") if weighting.gh_code is not None else None
         self.gram_op = backends.kernel(self.backend, "gram")
@@ -96,15 +97,23 @@ class Plan:
             G, w = self.fused_op(out, flat, mask, self.weighting.name, self.weighting.kappa, float(s1), float(s2),
                                  accumulate, self.cache_host, self.cache_device)
             return G, w, NO_CHANGE
+        if self.weighting.coordinate is not None:  # one per-coordinate pass: no Gram matrix, no weights
+            rollback = _generator_guard(self.weighting.coordinate.generator)
+            try:
+                self.weighting.coordinate.run(out, flat, accumulate, self.backend, self.device)
+            except BaseException:
+                rollback()
+                raise
+            return None, None, Pending(rollback=rollback)
         selected = flat if gram_mask is None else [t if gram_mask[i % P] else None for i, t in enumerate(flat)]
         if any(t is not None and t.numel() for t in selected):
             G = self.gram_op(selected, self.num_sets)
         else:
             G = torch.zeros((self.num_sets,) * 2, dtype=result_dtype(flat), device=self.device)
-        w, pending = self.weighting.solve(G)
+        w, pending = self.weighting.solve(G, selected)
         try:
             applied = scaled(w, scales)
-            self.combine_op(out, flat, self.num_sets, applied, accumulate)
+            self.combine_op(out, flat, self.num_sets, self.weighting.combine_weights(applied), accumulate)
         except BaseException:
             pending.rollback()
             raise

@@ -18,6 +18,8 @@ int main() {
   std::printf("MAX_SETS %d\nNUM_PAIRS %d\nGHPP_MIN_SIN %.9g\nNUM_METHODS %d\n", gh::kMaxSets, gh::kNumPairs,
               static_cast<double>(gh::kGhppMinSin), gh::kNumMethods);
   for (int m = 0; m < gh::kNumMethods; ++m) std::printf("METHOD %d %s\n", m, gh::kMethodNames[m]);
+  for (int r = 0; r < gh::kNumCoordinateRules; ++r) std::printf("RULE %d %s\n", r, gh::kCoordinateRuleNames[r]);
+  std::printf("RULECODES %d %d\n", gh::kCoordinateTrimmedMean, gh::kCoordinateGradDrop);
   std::printf("CODES %d %d %d %d\n", gh::kSum, gh::kGH, gh::kGHPP, gh::kGHPPReleased);
   for (int a = 0; a < gh::kMaxSets; ++a)
     for (int b = a; b < gh::kMaxSets; ++b) std::printf("PAIR %d %d %d\n", a, b, gh::pair_column(a, b));
@@ -48,6 +50,10 @@ def test_header_matches_python(header_values):
     assert tuple(names) == C.METHODS
     codes = [int(x) for x in next(line for line in lines if line.startswith("CODES")).split()[1:]]
     assert codes == [C.METHODS.index(m) for m in ("sum", "gh", "gh++", "gh++released")]
+    rules = [line.split()[2] for line in lines if line.startswith("RULE ")]
+    assert tuple(rules) == C.COORDINATE_RULES
+    rule_codes = [int(x) for x in next(line for line in lines if line.startswith("RULECODES")).split()[1:]]
+    assert rule_codes == [C.COORDINATE_RULES.index(r) for r in ("trimmed-mean", "graddrop")]
     pairs = {(int(a), int(b)): int(col) for _, a, b, col in (line.split() for line in lines if line.startswith("PAIR"))}
     assert pairs == {(a, b): C.pair_column(a, b) for a in range(C.MAX_SETS) for b in range(a, C.MAX_SETS)}
     assert sorted(pairs.values()) == list(range(C.NUM_PAIRS))  # a dense, one-to-one layout

@@ -9,6 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gh_kernels
+from gh_kernels.weighting.coordinate import COORDINATE_METHODS
 from gh_kernels.weighting import resolve
 
 from models import KHeadNet, ToyDANN
@@ -36,8 +37,40 @@ def _methods():
               ("pcgrad generator", lambda: "pcgrad", {"generator": torch.Generator().manual_seed(0)}),
               ("GradVac", lambda: gh_kernels.GradVac(), {}),
               ("GradVac generator", lambda: gh_kernels.GradVac(generator=torch.Generator().manual_seed(0)), {}),
-              ("NashMTL", lambda: gh_kernels.NashMTL(update_weights_every=2), {})]
+              ("NashMTL", lambda: gh_kernels.NashMTL(update_weights_every=2), {}),
+              ("fairgrad alpha 2", lambda: "fairgrad", {"alpha": 2.0}),
+              ("trimmed-mean trim 1", lambda: "trimmed-mean", {"trim_number": 1}),
+              ("graddrop leak", lambda: "graddrop", {"leak": torch.tensor([0.1, 0.0, 0.5])}),
+              ("graddrop generator", lambda: "graddrop", {"generator": torch.Generator().manual_seed(0)}),
+              ("PCD", lambda: gh_kernels.PCD(beta=0.5), {}),
+              ("PCD tau vector", lambda: gh_kernels.PCD(tau=torch.tensor([0.1, 0.3])), {}),
+              ("CRMOGM upgrad", lambda: gh_kernels.CRMOGM("upgrad", alpha=0.5), {}),
+              ("CRMOGM NashMTL", lambda: gh_kernels.CRMOGM(gh_kernels.NashMTL(), alpha=0.5), {}),
+              ("MoDo", lambda: gh_kernels.MoDo(), {}),
+              ("SDMGrad", lambda: gh_kernels.SDMGrad(n_iter=3), {}),
+              ("ExcessMTL", lambda: gh_kernels.ExcessMTL(n_warmup_steps=1), {})]
     return cases
+
+
+def _kind(method) -> str:
+    """How a method is run: "coordinate" (a pass over the sets), "gradients" (reads the sets), "cross"
+    (two batches) or "gram" (weights from G)."""
+    if isinstance(method, str) and method in COORDINATE_METHODS:
+        return "coordinate"
+    if getattr(method, "reads_gradients", False):
+        return "gradients"
+    return "cross" if getattr(method, "cross_batch", False) else "gram"
+
+
+def _sets(seed, K=3, sizes=(5, 7)):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(n, generator=gen) for n in sizes] for _ in range(K)]
+
+
+def _aggregate(sets, method, **options):
+    """aggregate for any kind of method (a cross-batch one gets a second batch)."""
+    second = [[t.flip(0) for t in s] for s in sets] if _kind(method) == "cross" else None
+    return gh_kernels.aggregate(sets, method, second_batch=second, **options)
 
 
 METHODS = _methods()
@@ -62,7 +95,17 @@ def test_the_counter_sees_host_reads():
 def test_no_host_reads_in_any_solve(label, make, options):
     """The solve and its state change; resolving the method (which reads an option tensor's values once,
     to refuse NaN: configuration, checked when a training step is built) stays outside."""
-    weighting = resolve(make(), 3, options)
+    method = make()
+    if _kind(method) in ("coordinate", "gradients"):  # not a function of G: the whole aggregate call
+        resolve(method, 3, options)
+        bad = _sets(9)
+        bad[1][0][2] = float("nan")
+        with CountHostReads() as counter:
+            for sets in (_sets(0), _sets(1), bad, _sets(2)):
+                _aggregate(sets, method, **options)
+        assert counter.reads == [], f"{label}: {len(counter.reads)} host reads"
+        return
+    weighting = resolve(method, 3, options)
     bad = _gram()
     bad[0, 1] = float("nan")
     with CountHostReads() as counter:
@@ -96,13 +139,16 @@ def test_no_host_reads_in_calls_and_steps(backend, gen):
 
 @pytest.mark.parametrize("label,make,options", METHODS, ids=IDS)
 def test_every_method_runs_on_meta_and_fake_tensors(label, make, options):
-    w = gh_kernels.weights(_gram().to("meta"), make(), **options)
-    assert w.device.type == "meta" and w.shape == (3,)
+    kind = _kind(make())
+    if kind in ("gram", "cross"):
+        w = gh_kernels.weights(_gram().to("meta"), make(), **options)
+        assert w.device.type == "meta" and w.shape == (3,)
     with FakeTensorMode() as mode:
         sets = [[torch.randn(5), torch.randn(7)] for _ in range(3)]
         fake_options = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
-        res = gh_kernels.aggregate(sets, make(), **fake_options)
-        assert res.weights.shape == (3,) and res.out[1].shape == (7,)
+        res = _aggregate(sets, make(), **fake_options)
+        assert res.out[1].shape == (7,)
+        assert (res.weights is None) if kind == "coordinate" else (res.weights.shape == (3,))
 
 
 TRACEABLE = [case for case in METHODS if "generator" not in case[0]]
@@ -120,9 +166,9 @@ def test_aggregate_traces_with_fullgraph_compile(label, make, options):
     eager = []
     for i, g in enumerate(batches):
         torch.manual_seed(i)  # "random" draws from the global generator: the same draws in both runs
-        eager.append(gh_kernels.aggregate(g, eager_method, backend=backend, **options))
+        eager.append(_aggregate(g, eager_method, backend=backend, **options))
     torch._dynamo.reset()
-    step = torch.compile(lambda g: gh_kernels.aggregate(g, compiled_method, **options), fullgraph=True, backend="aot_eager")
+    step = torch.compile(lambda g: _aggregate(g, compiled_method, **options), fullgraph=True, backend="aot_eager")
     compiled = []
     for i, g in enumerate(batches):
         torch.manual_seed(i)
@@ -133,3 +179,5 @@ def test_aggregate_traces_with_fullgraph_compile(label, make, options):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for key in getattr(eager_method, "STATE", ()):
         torch.testing.assert_close(getattr(compiled_method, key), getattr(eager_method, key))
+        if isinstance(eager_method, gh_kernels.CRMOGM) and isinstance(eager_method.method, gh_kernels.NashMTL):
+            torch.testing.assert_close(compiled_method.method.alpha, eager_method.method.alpha)

@@ -9,4 +9,5 @@ TORCH_LIBRARY_IMPL(gh_kernels, CPU, m) {
   m.impl("weights.cpu", &gh::cpu::weights_cpu);
   m.impl("combine_.cpu", &gh::cpu::combine_cpu);
   m.impl("harmonize_.cpu", &gh::cpu::harmonize_cpu);
+  m.impl("coordinate_.cpu", &gh::cpu::coordinate_cpu);
 }

@@ -158,6 +158,48 @@ void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>
   bump_versions(out);
 }
 
+void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
+                     c10::string_view rule, int64_t trim, const std::optional<at::Tensor>& leak, bool accumulate) {
+  int code = -1;
+  for (int r = 0; r < kNumCoordinateRules; ++r)
+    if (rule == kCoordinateRuleNames[r]) code = r;
+  TORCH_CHECK(code >= 0, "gh_kernels: rule must be 'trimmed-mean' or 'graddrop'; got '", std::string(rule), "'");
+  TORCH_CHECK(code != kCoordinateTrimmedMean || (trim >= 0 && 2 * trim < num_sets), "gh_kernels: trim must satisfy "
+              "0 <= 2 * trim < ", num_sets, "; got ", trim);
+  if (out.empty()) return;
+  const at::Device device = out[0].device();
+  c10::cuda::CUDAGuard guard(device);
+  auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CUDA);
+  check_out_aliasing(out, tensors, num_sets);
+  at::Tensor lk;
+  if (code == kCoordinateGradDrop) {
+    TORCH_CHECK(num_sets >= 2, "gh_kernels: graddrop takes the K gradient sets and the draws (num_sets >= 2)");
+    TORCH_CHECK(leak.has_value() && leak->defined() && leak->numel() == num_sets - 1 && leak->device() == device,
+                "gh_kernels: graddrop needs leak: ", num_sets - 1, " values on ", device);
+    for (size_t p = 0; p < params.size(); ++p)
+      TORCH_CHECK(params[p].numel == 0 || params[p].in[num_sets - 1] != nullptr, "gh_kernels: graddrop's draws (the last "
+                  "set) miss parameter ", p);
+    lk = leak->to(at::kDouble).contiguous();
+  }
+  WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
+  if (!accumulate)  // parameters no set has: TrimmedMean of zeros is zero
+    for (size_t p = 0; p < params.size(); ++p) {
+      bool any = false;
+      for (int k = 0; k < num_sets; ++k) any = any || params[p].in[k] != nullptr;
+      if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
+    }
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  int64_t offset = 0;
+  for (const auto& g : wl.groups) {
+    C10_CUDA_CHECK(launch_coordinate(items_of(wl) + offset, g.second, static_cast<int>(num_sets), g.first, code,
+                                     static_cast<int>(trim), lk.defined() ? lk.data_ptr<double>() : nullptr, accumulate,
+                                     stream));
+    offset += g.second;
+  }
+  finish_out(params);
+  bump_versions(out);
+}
+
 at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa) {
   TORCH_CHECK(gram.dim() == 2 && gram.size(0) == 2 && gram.size(1) == 2, "gh_kernels: gram must have shape (2, 2), got ", gram.sizes());
   TORCH_CHECK(kappa >= 0.0 && kappa <= 1.0, "gh_kernels: kappa must be in [0, 1], got ", kappa);

@@ -12,6 +12,8 @@ namespace cuda {
 at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets);
 void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                   const at::Tensor& weights, bool accumulate);
+void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
+                     c10::string_view rule, int64_t trim, const std::optional<at::Tensor>& leak, bool accumulate);
 at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa);
 std::tuple<at::Tensor, at::Tensor> harmonize_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors,
                                                   const std::optional<at::Tensor>& gram_mask, c10::string_view method,

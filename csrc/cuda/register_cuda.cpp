@@ -9,4 +9,5 @@ TORCH_LIBRARY_IMPL(gh_kernels, CUDA, m) {
   m.impl("weights.cuda", &gh::cuda::weights_cuda);
   m.impl("combine_.cuda", &gh::cuda::combine_cuda);
   m.impl("harmonize_.cuda", &gh::cuda::harmonize_cuda);
+  m.impl("coordinate_.cuda", &gh::cuda::coordinate_cuda);
 }

@@ -25,6 +25,11 @@ enum Method : int { kSum = 0, kGH = 1, kGHPP = 2, kGHPPReleased = 3 };
 constexpr int kNumMethods = 4;
 constexpr const char* kMethodNames[kNumMethods] = {"sum", "gh", "gh++", "gh++released"};
 
+// Rule codes of the per-coordinate op: the index of the name in _constants.COORDINATE_RULES.
+enum CoordinateRule : int { kCoordinateTrimmedMean = 0, kCoordinateGradDrop = 1 };
+constexpr int kNumCoordinateRules = 2;
+constexpr const char* kCoordinateRuleNames[kNumCoordinateRules] = {"trimmed-mean", "graddrop"};
+
 // Below this sin(theta), GH++ uses the GH weights (_constants.GHPP_MIN_SIN).
 constexpr float kGhppMinSin = 0.02f;
 

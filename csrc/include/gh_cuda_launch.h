@@ -25,6 +25,11 @@ cudaError_t launch_gram_finalize(const double* partials, int64_t num_items, int 
 // accumulation dtype: float32, float64 for float64 gradients).
 cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const double* weights,
                            bool accumulate, cudaStream_t stream);
+// The per-coordinate pass (gh::CoordinateRule rule): TrimmedMean of the num_sets sets (trim values cut
+// at each end), or GradDrop with the draws as the last set and num_sets - 1 float64 leak values read
+// from device memory; out (+)= the result.
+cudaError_t launch_coordinate(const WorkItem* items, int64_t num_items, int num_sets, int dtype, int rule, int trim,
+                              const double* leak, bool accumulate, cudaStream_t stream);
 // (w1, w2) from the 2x2 Gram matrix G (gh_weights.h), one thread: G and w are float, or double
 // when is_f64. scaled (may be null) gets (w1 * scale1, w2 * scale2) as float64, for launch_combine.
 cudaError_t launch_weights(const void* G, void* w, bool is_f64, double* scaled, int method, double kappa, double scale1,

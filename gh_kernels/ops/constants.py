@@ -21,6 +21,8 @@ def pair_column(a: int, b: int) -> int:
 
 #: Weight rules by name; a method's integer code (passed to the C++/CUDA/Triton kernels) is its index.
 METHODS = ("sum", "gh", "gh++", "gh++released")
+#: The per-coordinate op's rules; a rule's code is its index (gh::CoordinateRule).
+COORDINATE_RULES = ("trimmed-mean", "graddrop")
 
 #: Below this sin(theta) (theta > ~178.85 degrees) GH++ uses the GH weights (docs/METHOD.md, rule R4).
 GHPP_MIN_SIN = 0.02

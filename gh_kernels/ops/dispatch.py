@@ -47,6 +47,19 @@ def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.d
     return out
 
 
+def coordinate(rule, sets: Sequence[List[TensorOrNone]], device: torch.device, out: Optional[List[torch.Tensor]],
+               backend: Optional[str]) -> List[TensorOrNone]:
+    """A per-coordinate method's update (``rule``: a checked :class:`~gh_kernels.weighting.coordinate.CoordinateRule`)
+    into a validated ``out``, or new tensors when ``out`` is None (``None`` where no set has the parameter)."""
+    if out is None:
+        out = new_outs(sets)
+    idx = [p for p in range(len(sets[0])) if out[p] is not None]
+    if idx:
+        sub_sets = sets if len(idx) == len(sets[0]) else [[s[p] for p in idx] for s in sets]
+        rule.run([out[p] for p in idx], flatten_sets(sub_sets), False, backend, device)
+    return out
+
+
 def new_outs(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:
     """Tensors like the inputs, one per parameter (None where no set has the parameter)."""
     like = [next((s[p] for s in sets if s[p] is not None), None) for p in range(len(sets[0]))]

@@ -22,6 +22,15 @@ Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-maj
   uint8) and ``cache_device`` (uint8 on the gradients' device) are a plan's work-list cache, used by
   the CUDA kernel (see ``csrc/cuda/ops_cuda.cpp``) and ignored by the others.
 
+* ``coordinate_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, str rule, int trim,
+  Tensor? leak, bool accumulate) -> ()``: the per-coordinate methods, one pass, in place:
+  ``rule="trimmed-mean"``: ``out[p] (+)=`` per element, the mean of the ``num_sets`` values without the
+  ``trim`` smallest and ``trim`` largest; ``rule="graddrop"``: the last of the ``num_sets`` sets holds
+  uniform draws U (K = num_sets - 1 gradient sets) and ``out[p] (+)= sum_k (leak_k + (1 - leak_k) M_k)
+  g_k`` with ``M_k = (P > U and g_k > 0) or (P < U and g_k < 0)``, ``P = (1 + sum g / sum |g|) / 2``
+  (GradDrop's lines 10-15; ``leak``: K values on the gradients' device). A set without a gradient
+  counts as zeros, as in a stacked Jacobian.
+
 The Gram matrix and the weights are float64 when a gradient is float64, else float32.
 
 ``combine_`` and ``harmonize_`` write through raw pointers, which autograd cannot see: the
@@ -72,6 +81,10 @@ def _combine_fake(out, tensors, num_sets, weights, accumulate):
     return None
 
 
+def _coordinate_fake(out, tensors, num_sets, rule, trim, leak, accumulate):
+    return _combine_fake(out, tensors, num_sets, leak, accumulate)
+
+
 def _harmonize_fake(out, tensors, gram_mask, method, kappa, scale1, scale2, accumulate, cache_host=None, cache_device=None):
     device = _fake_device(list(tensors) + list(out))
     dtype = result_dtype(tensors)
@@ -103,15 +116,18 @@ for _name in OVERLOADS:
     torch.library.register_fake(f"{LIBRARY_NAME}::gram.{_name}", _gram_fake, lib=_lib)
     torch.library.register_fake(f"{LIBRARY_NAME}::weights.{_name}", _weights_fake, lib=_lib)
     torch.library.register_fake(f"{LIBRARY_NAME}::combine_.{_name}", _combine_fake, lib=_lib)
+    _lib.define(f"coordinate_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, str rule, int trim, "
+                "Tensor? leak, bool accumulate) -> ()")
     torch.library.register_fake(f"{LIBRARY_NAME}::harmonize_.{_name}", _harmonize_fake, lib=_lib)
+    torch.library.register_fake(f"{LIBRARY_NAME}::coordinate_.{_name}", _coordinate_fake, lib=_lib)
     if _name in PYTHON_KERNELS:
-        for _op in ("combine_", "harmonize_"):
+        for _op in ("combine_", "harmonize_", "coordinate_"):
             _lib.impl(f"{_op}.{_name}", _bump_after(getattr(getattr(torch.ops.gh_kernels, _op), _name)),
                       "ADInplaceOrView", with_keyset=True)
 
 
 def op(name: str, backend: str):
-    """The overload of op ``name`` (``"gram"``, ``"weights"``, ``"combine_"``) that runs ``backend``'s kernel."""
+    """The overload of op ``name`` (``"gram"``, ``"weights"``, ``"combine_"``, ...) that runs ``backend``'s kernel."""
     return getattr(getattr(torch.ops.gh_kernels, name), backend)
 
 
@@ -120,8 +136,9 @@ def has_kernel(name: str, backend: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY_NAME}::{name}.{backend}", dispatch_key)
 
 
-def register_kernels(backend: str, dispatch_key: str, gram, weights, combine_, harmonize_) -> None:
+def register_kernels(backend: str, dispatch_key: str, gram, weights, combine_, harmonize_, coordinate_) -> None:
     """Register a Python backend's kernels for its overloads under ``dispatch_key``."""
+    _lib.impl(f"coordinate_.{backend}", coordinate_, dispatch_key)
     _lib.impl(f"gram.{backend}", gram, dispatch_key)
     _lib.impl(f"weights.{backend}", weights, dispatch_key)
     _lib.impl(f"combine_.{backend}", combine_, dispatch_key)

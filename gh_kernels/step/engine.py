@@ -25,9 +25,9 @@ import torch
 from .. import backends, distributed
 from ..ops import dispatch
 from ..ops.library import result_dtype
-from ..ops.validate import check_sets
+from ..ops.validate import check_sets, flatten_sets
 from ..plan import Plan, call_checked, fake_kernel_ran, scaled
-from ..weighting import Pending, check_backend_name, resolve
+from ..weighting import Pending, _generator_guard, check_backend_name, resolve
 from . import checks, write
 
 MODES = ("reweight", "surgery")
@@ -78,35 +78,46 @@ class Engine:
         self._plans: Dict[int, Plan] = {}
         self.fused = True  # False forces the grouped path (the tests compare the two)
         self._all_shared = self.is_shared is not None and all(self.is_shared)  # the fused call then needs no mask
+        self._cross = False  # the current call has two batches (NOTE: [Cross-batch Gram])
 
     # -- 1. checks -----------------------------------------------------------------------------------
-    def plan_for(self, K: int) -> Plan:
-        """The plan for K losses (built once per K; a stateful method's K is checked every call)."""
-        if K not in self._plans:
-            self._plans[K] = Plan(resolve(self.method, K, self.options, backend=self.backend), self.device, self.backend)
-        plan = self._plans[K]
+    def plan_for(self, K: int, cross_batch: bool = False) -> Plan:
+        """The plan for K losses (built once per K; a stateful method's K is checked every call). ``cross_batch``:
+        K losses of two batches each (NOTE: [Cross-batch Gram])."""
+        key = (K, cross_batch)
+        if key not in self._plans:
+            self._plans[key] = Plan(resolve(self.method, K, self.options, backend=self.backend, cross_batch=cross_batch),
+                                    self.device, self.backend)
+        plan = self._plans[key]
         if plan.weighting.stateful is not None:
             plan.weighting.stateful.check_tasks(K)
         return plan
 
-    def _check_call(self, losses, scales) -> Plan:
+    def _check_call(self, losses, scales, cross_batch: bool) -> Plan:
         for k, loss in enumerate(losses):
-            checks.check_loss(loss, self.face.loss_name(k))
+            checks.check_loss(loss, self._loss_name(k, len(losses), cross_batch))
         if scales is not None:
             for k, s in enumerate(scales):
                 if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
                     raise ValueError(f"scale{k + 1} must be a finite number; got {s!r}")
         checks.check_sync(self.sync)
-        plan = self.plan_for(len(losses))
+        plan = self.plan_for(len(losses) // 2 if cross_batch else len(losses), cross_batch)
         if not self.graph_checked:
             checks.check_graph(losses, self.face, self.params, self.shared_index)
             self.graph_checked = True
         return plan
 
     # -- the step ------------------------------------------------------------------------------------
-    def step(self, losses: Sequence[torch.Tensor], scales: Optional[Sequence[float]] = None, retain_graph: bool = False):
-        """Steps 1-5 of the module docstring; returns ``(G, w)`` (w before ``scales``)."""
-        plan = self._check_call(losses, scales)
+    def step(self, losses: Sequence[torch.Tensor], scales: Optional[Sequence[float]] = None, retain_graph: bool = False,
+             second_losses: Optional[Sequence[torch.Tensor]] = None):
+        """Steps 1-5 of the module docstring; returns ``(G, w)`` (w before ``scales``; both None for a
+        per-coordinate method). ``second_losses``: the same K losses on a second, independent batch, for a
+        cross-batch method (NOTE: [Cross-batch Gram]): 2K backward passes, G is 2K x 2K."""
+        cross_batch = second_losses is not None
+        if cross_batch:
+            losses = list(losses) + list(second_losses)
+        plan = self._check_call(losses, scales, cross_batch)
+        self._cross = cross_batch
         K = len(losses)
         previous = [p.grad for p in self.params]
         state = StepState(previous, previous if self.local is None else [self.local(g) for g in previous])
@@ -132,10 +143,17 @@ class Engine:
         pending.commit()
         return G, w
 
+    def _loss_name(self, k: int, count: int, cross_batch: bool) -> str:
+        if cross_batch and k >= count // 2:
+            return f"second_losses[{k - count // 2}]"
+        return self.face.loss_name(k)
+
     def _names(self, K: int) -> List[str]:
-        return [f"the {self.face.loss_name(k)} gradient of params" for k in range(K)]
+        return [f"the {self._loss_name(k, K, self._cross)} gradient of params" for k in range(K)]
 
     def _gram_mask(self, sets, index: List[int]) -> List[bool]:
+        if self._cross:  # shared: what two tasks of the first batch reach (a head is reached in both batches)
+            sets = sets[:len(sets) // 2]
         if self.is_shared is not None:
             return [self.is_shared[i] for i in index]
         if self.face.default_shared == "last":
@@ -175,16 +193,24 @@ class Engine:
         K = len(sets)
         names = self._names(K)
         device = self.device if all(t is None for s in sets for t in s) else check_sets(sets, names)
+        weighting, coordinate = plan.weighting, plan.weighting.coordinate
         shared = self._gram_mask(sets, list(range(len(self.params))))
-        G = self._gram(sets, shared, device)
-        w, pending = plan.weighting.solve(G)
+        if coordinate is None:
+            G = self._gram(sets, shared, device)
+            w, pending = weighting.solve(G, flatten_sets([[t if m else None for t, m in zip(s, shared)] for s in sets]))
+            applied = weighting.combine_weights(scaled(w, scales))
+            weighted = lambda sub, outs, acc: dispatch.combine(applied, sub, device, outs, acc, self.backend)  # noqa: E731
+        else:  # one per-coordinate pass per group: no Gram matrix, no weights
+            G = w = None
+            pending = Pending(rollback=_generator_guard(coordinate.generator))
+            weighted = lambda sub, outs, acc: coordinate.run(outs, flatten_sets(sub), acc, self.backend, device)  # noqa: E731
         found = write.targets(state, sets, wrapped, [not s for s in shared] if self.mode == "surgery" else None,
                               defer_previous=self.sync == "local")
         try:
             if found:
                 write.check_targets(found, sets, names)
-            ones = torch.ones(K, dtype=w.dtype, device=device)
-            write.write_groups(found, sets, scaled(w, scales), scaled(ones, scales), self.backend, device)
+            ones = torch.ones(K, dtype=torch.float32 if w is None else w.dtype, device=device)
+            write.write_groups(found, sets, weighted, scaled(ones, scales), self.backend, device)
             if self.sync == "local":
                 write.finish_local(found, state, self.process_group)
         except BaseException:

@@ -84,16 +84,21 @@ def check_targets(found: Targets, sets, names) -> None:
     check_out(found.out, [[s[i] for i in found.index] for s in sets], name="the .grad of params", set_names=names)
 
 
-def write_groups(found: Targets, sets, weights: torch.Tensor, plain_weights: torch.Tensor, backend, device) -> None:
-    """One combine per (plain, accumulate) group; the targets were checked (NOTE: [Checked before written])."""
+def write_groups(found: Targets, sets, write_weighted, plain_weights: torch.Tensor, backend, device) -> None:
+    """One write per (plain, accumulate) group; the targets were checked (NOTE: [Checked before written]).
+    ``write_weighted(sub_sets, outs, accumulate)`` writes the method's update of a group (a combine with
+    the weights, or a per-coordinate pass); plain parameters (surgery mode) get ``plain_weights``."""
     groups = {}
     plain = found.plain or [False] * len(found)
     for j, key in enumerate(zip(plain, found.accumulate)):
         groups.setdefault(key, []).append(j)
     for (use_plain, accumulate), members in groups.items():
         idx = [found.index[j] for j in members]
-        dispatch.combine(plain_weights if use_plain else weights, [[s[i] for i in idx] for s in sets], device,
-                         [found.out[j] for j in members], accumulate, backend)
+        sub_sets, outs = [[s[i] for i in idx] for s in sets], [found.out[j] for j in members]
+        if use_plain:
+            dispatch.combine(plain_weights, sub_sets, device, outs, accumulate, backend)
+        else:
+            write_weighted(sub_sets, outs, accumulate)
 
 
 def finish_local(found: Targets, step, process_group) -> None:

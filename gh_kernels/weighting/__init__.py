@@ -6,7 +6,18 @@ registry that resolves a ``method=`` argument for every entry point (``weights``
   run by the backends' ``weights`` kernels;
 * ``rules.py``: the stateless multi-task rules, each ``rule(G, *, gram_dtype, **options)`` with its
   options as named keyword parameters; ``solvers.py`` and ``linalg.py`` are their exact small solves;
-* ``stateful.py``: the methods with state across steps (``GradVac``, ``NashMTL``).
+* ``stateful.py``: the methods with state across steps (``GradVac``, ``NashMTL``; the base class and
+  NOTE: [State changes after success]); ``pcd.py`` (``PCD``), ``crmogm.py`` (``CRMOGM``, the EMA of any
+  method's weights), ``crossbatch.py`` (``MoDo``, ``SDMGrad``: weights from two batches' gradients),
+  ``excess_mtl.py`` (``ExcessMTL``: reads the gradients themselves, not only G);
+* ``coordinate.py``: the per-coordinate methods (``"trimmed-mean"``, ``"graddrop"``), which are not a
+  function of G: they run one fused pass over the gradient sets instead of Gram and combine.
+
+NOTE: [Cross-batch Gram]: MoDo and SDMGrad weigh from ``A = J_1 J_2^T`` (two independent batches).
+A plan for them takes 2K gradient sets (batch 1's K, then batch 2's), computes the 2K x 2K Gram
+matrix in one fused pass, solves on its block ``G[:K, K:]`` and combines all 2K sets with
+``(w, w) / 2``: the gradient of the mean of both batches' weighted losses. ``Weighting.num_sets`` is
+then 2K and ``Weighting.combine_weights`` maps the K weights to the 2K the combine takes.
 
 :func:`resolve` checks a method and all its inputs up front -- K, every option (finite, in range,
 of the right shape and device), ``backend=`` -- and returns a :class:`Weighting`, so nothing is
@@ -27,7 +38,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -35,6 +46,12 @@ from ..ops.constants import METHODS
 from . import rules as _rules
 from .gh import METHOD_CODES, check_method
 from .linalg import tracing
+from .coordinate import COORDINATE_METHODS, CoordinateRule
+from .coordinate import check as _check_coordinate
+from .crmogm import CRMOGM
+from .crossbatch import MoDo, SDMGrad
+from .excess_mtl import ExcessMTL
+from .pcd import PCD
 from .stateful import GradVac, NashMTL, StatefulMethod
 
 #: Largest K the enumerating solvers (UPGrad, DualProj, MGDA, CAGrad: 2^K small systems) accept;
@@ -44,8 +61,11 @@ MAX_TASKS = 12
 Method = Union[str, StatefulMethod]
 
 #: The multi-task methods' names; GradVac and NashMTL are objects (state across steps).
-MULTITASK_METHODS = tuple(_rules.RULES)
-STATEFUL = {"gradvac": GradVac, "nash-mtl": NashMTL}
+MULTITASK_METHODS = tuple(_rules.RULES) + COORDINATE_METHODS
+STATEFUL = {"gradvac": GradVac, "nash-mtl": NashMTL, "pcd": PCD, "cr-mogm": CRMOGM, "modo": MoDo, "sdmgrad": SDMGrad,
+            "excess-mtl": ExcessMTL}
+#: How the objects are named in errors.
+_OBJECTS = "a gh_kernels.GradVac / NashMTL / PCD / CRMOGM / MoDo / SDMGrad / ExcessMTL object"
 
 
 def weights_dtype(G: torch.Tensor) -> torch.dtype:
@@ -86,15 +106,39 @@ class Weighting:
     neutral: float = 1.0
     stateful: Optional[StatefulMethod] = None
     backend: Optional[str] = None
+    cross_batch: bool = False          # NOTE: [Cross-batch Gram]: G is 2K x 2K, the solve uses G[:K, K:]
+    coordinate: Optional[CoordinateRule] = None  # a per-coordinate method: no Gram matrix, no weights
 
-    def solve(self, G: torch.Tensor) -> Tuple[torch.Tensor, Pending]:
+    @property
+    def num_sets(self) -> int:
+        """Gradient sets a plan for this method takes: 2K for a cross-batch plan, else K."""
+        return 2 * self.num_tasks if self.cross_batch else self.num_tasks
+
+    def combine_weights(self, w: torch.Tensor) -> torch.Tensor:
+        """The weights of the combine over ``num_sets`` sets: ``(w, w) / 2`` for a cross-batch plan, else w."""
+        return torch.cat((w, w)) * 0.5 if self.cross_batch else w
+
+    def solve(self, G: torch.Tensor, flat: Optional[Sequence[Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, Pending]:
+        """``flat``: the gradient sets the Gram matrix was computed over (set-major), for a method that
+        reads the gradients themselves (ExcessMTL)."""
+        if self.coordinate is not None:
+            raise ValueError(f"method {self.name!r} works per coordinate: it has no weights from a Gram matrix "
+                             "(use aggregate or MultiTaskHarmonizer)")
+        if self.cross_batch:
+            K = self.num_tasks
+            G = G[:K, K:]
         if self.gh_code is not None:
             from ..ops import dispatch
             return dispatch.weights(G, self.name, self.kappa, self.backend), Pending()
         dtype = weights_dtype(G)
         if self.stateful is not None:
             rollback = _generator_guard(self.stateful.generator)
-            w, state = self.stateful.propose(G)
+            if getattr(self.stateful, "reads_gradients", False):
+                if flat is None:
+                    self.stateful.propose(G)  # raises: it needs the gradients
+                w, state = self.stateful.propose_from_sets(G, flat, self.num_tasks)
+            else:
+                w, state = self.stateful.propose(G)
             return w.to(dtype), Pending(lambda: self.stateful.commit(state), rollback)
         rollback = _generator_guard(self.options.get("generator"))
         return _rules.solve(G, self.rule, self.neutral, self.options).to(dtype), Pending(rollback=rollback)
@@ -113,11 +157,14 @@ def check_backend_name(backend: Optional[str], where: str = "backend") -> None:
 
 
 def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "method",
-            backend: Optional[str] = None) -> Optional[Weighting]:
+            backend: Optional[str] = None, cross_batch: Optional[bool] = None) -> Optional[Weighting]:
     """Check ``method``/``options``/``backend`` for K tasks and return a :class:`Weighting` (ValueError or
     TypeError naming what is wrong; nothing is changed). The two-task GH rules (and ``"sum"`` when
     K = 2) run on ``backend``'s weights kernel; the other methods on the Gram matrix's device.
-    ``K=None`` checks what does not depend on K (a training step's constructor) and returns None."""
+    ``K=None`` checks what does not depend on K (a training step's constructor) and returns None.
+    ``cross_batch``: True for a call with two batches (NOTE: [Cross-batch Gram]; only MoDo and
+    SDMGrad take them), False for one batch (MoDo and SDMGrad refuse it), None when the caller passes
+    the matrix itself (:func:`gh_kernels.weights`)."""
     options = dict(options)
     check_backend_name(backend)
     if K is None:
@@ -133,9 +180,16 @@ def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "me
             raise ValueError(f"{where}: a {type(method).__name__} object takes its options in its constructor; got "
                              f"{', '.join(options)}")
         method.check_tasks(K, where)
-        return Weighting(method.name, K, stateful=method, backend=backend)
+        takes_two = getattr(method, "cross_batch", False)
+        if cross_batch is not None and cross_batch != takes_two:
+            raise ValueError(f"{where}: {type(method).__name__} weighs from two independent batches (pass the second "
+                             "batch: second_batch= / second_losses=)" if takes_two else
+                             f"{where}: only MoDo and SDMGrad take a second batch; {type(method).__name__} does not")
+        return Weighting(method.name, K, stateful=method, backend=backend, cross_batch=bool(cross_batch))
     if not isinstance(method, str):
-        raise TypeError(f"{where} must be a method name or a gh_kernels.GradVac / NashMTL object; got {type(method).__name__}")
+        raise TypeError(f"{where} must be a method name or {_OBJECTS}; got {type(method).__name__}")
+    if cross_batch:
+        raise ValueError(f"{where}: only MoDo and SDMGrad take a second batch; method {method!r} does not")
     if method in METHOD_CODES and (method != "sum" or K == 2):
         if K != 2:
             raise ValueError(f"{where}={method!r} is a two-task rule (K = 2); got K = {K}")
@@ -147,10 +201,12 @@ def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "me
     if method in STATEFUL:
         raise ValueError(f"method {method!r} keeps state across steps: create gh_kernels.{STATEFUL[method].__name__}(...) "
                          "once and pass it as method= (options go to its constructor)")
+    if method in COORDINATE_METHODS:
+        return Weighting(method, K, coordinate=_check_coordinate(method, K, options), backend=backend)
     if method not in _rules.RULES:
         names = ", ".join(repr(m) for m in MULTITASK_METHODS)
-        raise ValueError(f"method must be one of {names} (or {', '.join(repr(m) for m in METHODS[1:])} for K = 2, or a "
-                         f"gh_kernels.GradVac / NashMTL object); got {method!r}")
+        raise ValueError(f"method must be one of {names} (or {', '.join(repr(m) for m in METHODS[1:])} for K = 2, or "
+                         f"{_OBJECTS}); got {method!r}")
     rule = _rules.RULES[method]
     check_options(method, rule, options, K)
     neutral = 1.0 if method in _rules.SUM_TYPE else 1.0 / K
@@ -160,9 +216,17 @@ def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "me
 def _check_any_k(method: Method, options: dict, where: str, backend: Optional[str]) -> None:
     """The checks of :func:`resolve` that hold for every K (a ``pref_vector`` is checked for its own length)."""
     if isinstance(method, StatefulMethod):
-        resolve(method, max(method.num_tasks or 2, 2), options, where=where, backend=backend)
+        if options:  # the object checked its own options; its K is checked per call
+            raise ValueError(f"{where}: a {type(method).__name__} object takes its options in its constructor; got "
+                             f"{', '.join(options)}")
     elif method in METHOD_CODES and method != "sum":
         resolve(method, 2, options, where=where, backend=backend)
+    elif method in COORDINATE_METHODS:  # the smallest K the options allow
+        trim, leak = options.get("trim_number", 0), options.get("leak")
+        K = 2 * trim + 1 if isinstance(trim, int) and not isinstance(trim, bool) and trim >= 0 else 2
+        if leak is not None:
+            K = len(leak) if isinstance(leak, (list, tuple)) or (isinstance(leak, torch.Tensor) and leak.dim() == 1) else -1
+        resolve(method, min(max(K, 2), MAX_TASKS), options, where=where, backend=backend)
     else:
         pref = options.get("pref_vector")
         K = 2 if pref is None else (len(pref) if not isinstance(pref, torch.Tensor) or pref.dim() == 1 else -1)
@@ -191,6 +255,10 @@ def check_options(method: str, rule: Callable, options: dict, K: int) -> None:
     for name in ("c", "norm_eps", "reg_eps"):
         if name in options:
             _finite_at_least(method, name, options[name], 0.0)
+    if "alpha" in options:
+        alpha = options["alpha"]
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"option alpha of {method!r} must be a finite number > 0; got {alpha!r}")
     if method == "krum":
         _check_krum(options, K)
     if "scale_mode" in options and options["scale_mode"] not in ("min", "median", "rmse"):
@@ -233,5 +301,5 @@ def _check_pref(method: str, p, K: int) -> torch.Tensor:
     return p.detach().to(torch.float64)
 
 
-__all__ = ["GradVac", "NashMTL", "StatefulMethod", "MULTITASK_METHODS", "STATEFUL", "MAX_TASKS", "Method", "Pending",
+__all__ = ["GradVac", "NashMTL", "PCD", "CRMOGM", "MoDo", "SDMGrad", "ExcessMTL", "StatefulMethod", "MULTITASK_METHODS", "STATEFUL", "MAX_TASKS", "Method", "Pending",
            "Weighting", "resolve", "weights_dtype", "check_backend_name"]

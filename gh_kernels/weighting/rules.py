@@ -43,6 +43,10 @@ and the tests compare with torchjd on the same matrices (tests/test_multitask_to
                     on the gradients whose distances to their K - n_byzantine - 2 nearest others sum
                     lowest (distances from G; torchjd's Euclidean distances).
 ``"random"``        Lin et al., TMLR 2022 (RLW): softmax of K normal draws, drawn as torchjd draws them.
+``"fairgrad"``      Ban and Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024, eq. 4 with
+                    option ``alpha`` (> 0, default 1): the positive ``w`` with ``G w = w^(-1/alpha)``
+                    (alpha-fairness; alpha = 1 is Nash-MTL's equation), solved by Newton on the trace-
+                    normalized G and rescaled (torchjd: scipy least squares from 1/K on the raw G).
 ==================  ==========================================================================
 
 Regularization (a singular or rank-deficient G): UPGrad and DualProj solve on
@@ -59,7 +63,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .linalg import constant, eye, normalize, pinv_sym, regularize, symeig
-from .solvers import cagrad_simplex, dual_cone_weights, min_norm_simplex
+from .solvers import cagrad_simplex, dual_cone_weights, min_norm_simplex, positive_root
 
 #: Added to the trace-normalized G for MGDA and CAGrad: keeps every support's system solvable for a
 #: singular G; far below the smallest eigenvalue of a G with cond(G) <= 1e8.
@@ -228,13 +232,33 @@ def random(G, *, gram_dtype, generator: Optional[torch.Generator] = None):
     return torch.softmax(draws, dim=-1).to(device=G.device, dtype=G.dtype)
 
 
+#: Newton steps of FairGrad's solve (quadratic convergence from the scaled start: 20 reach float64
+#: rounding on every test matrix; the rest guard badly conditioned G).
+FAIRGRAD_ITERS = 30
+
+
+def fairgrad(G, *, gram_dtype, alpha: float = 1.0):
+    """FairGrad: Ban and Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024, eq. 4: the
+    positive solution of ``G w = w^(-1/alpha)``. With ``c = trace(G) / K`` it is ``c^(-alpha/(1+alpha))``
+    times the solution for ``G / c``, which is what we solve (Newton, :func:`positive_root`), from 1/K
+    as torchjd starts. A G with a zero trace gives 1/K (nothing to weigh)."""
+    K = G.shape[0]
+    power = 1.0 / alpha
+    c = G.diagonal().sum() / K
+    positive = c > 0
+    safe_c = torch.where(positive, c, torch.ones_like(c))
+    start = torch.full((K,), 1.0 / K, dtype=G.dtype, device=G.device)
+    w = positive_root(G / safe_c, power, start, FAIRGRAD_ITERS) * safe_c.pow(-1.0 / (1.0 + power))
+    return torch.where(positive & torch.isfinite(w).all(), w, start)
+
+
 #: name -> rule. A rule is ``rule(G, *, gram_dtype, **options)`` on a float64 K x K Gram matrix; its keyword
 #: parameters (other than ``gram_eps``, the rounding unit of the Gram matrix's own dtype) are the options
 #: it takes, with their defaults. The registry (``weighting/__init__.py``) reads them from the signature.
 RULES: Dict[str, Callable] = {
     "mean": mean, "sum": sum_, "pcgrad": pcgrad, "mgda": mgda, "cagrad": cagrad, "imtl-g": imtl_g,
     "aligned-mtl": aligned_mtl, "upgrad": upgrad, "dualproj": dualproj, "config": config, "krum": krum,
-    "random": random,
+    "random": random, "fairgrad": fairgrad,
 }
 #: Neutral weights (returned for a non-finite G) are ``pref_vector`` when given, else 1 for these, 1/K for the rest.
 SUM_TYPE = {"sum", "pcgrad", "config"}

@@ -1,4 +1,5 @@
-"""Exact small convex solves behind UPGrad, DualProj, MGDA and CAGrad, by enumerating supports.
+"""Exact small convex solves behind UPGrad, DualProj, MGDA, CAGrad and PCD, by enumerating supports;
+the Newton solve behind Nash-MTL and FairGrad; the simplex projection of MoDo and SDMGrad.
 
 Each problem is a strictly convex minimization over K <= 8 variables with simple constraints. On
 the right active set (support) its KKT conditions are a linear system; we solve the systems of
@@ -91,3 +92,59 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     quad = (torch.einsum("si,ij,sj->s", W, G, W) - noise).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
     return argmin_candidates(W, objective)
+
+
+def nonneg_qp(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``argmin_{mu >= 0} mu^T Q mu / 2 - b^T mu`` for a positive definite Q (PCD's dual problem).
+
+    KKT on the free set F: ``(Q mu)_F = b_F``, ``mu = 0`` off F; candidates clamped to ``mu >= 0``.
+    """
+    K = Q.shape[-1]
+    free = subsets(K, Q.device)
+    M = torch.where(free[:, :, None], Q[None], eye(K, Q.dtype, Q.device)[None])
+    rhs = torch.where(free, b[None], torch.zeros((), dtype=Q.dtype, device=Q.device))[:, :, None]
+    mu = solve_batch(M, rhs)[:, :, 0].clamp_min(0.0)
+    objective = 0.5 * torch.einsum("si,ij,sj->s", mu, Q, mu) - mu @ b
+    return argmin_candidates(mu, objective)
+
+
+def project_simplex(y: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of ``y`` onto the probability simplex, as torchjd 0.18 computes it (the first
+    i with ``(sum of the i+1 largest - 1) / (i+1) > the (i+2)-th largest`` sets the shift), with the
+    loop's early exit picked by a mask: no host read."""
+    m = y.shape[0]
+    ranked = torch.sort(y, descending=True).values
+    shifts = (ranked.cumsum(0)[:-1] - 1.0) / torch.arange(1, m, dtype=y.dtype, device=y.device)
+    found = shifts > ranked[1:]
+    first = found & (found.cumsum(0) == 1)
+    shift = torch.where(found.any(), (shifts * first).sum(), (y.sum() - 1.0) / m)
+    return (y - shift).clamp_min(0.0)
+
+
+def positive_root(G: torch.Tensor, power: float, start: torch.Tensor, iters: int) -> torch.Tensor:
+    """The positive solution of ``G a = a^(-power)`` (``power > 0``; Nash-MTL: 1, FairGrad: 1/alpha), the
+    minimizer of the convex ``f(a) = a^T G a / 2 - sum phi(a)`` with ``phi' = a^(-power)`` (``phi = log``
+    for power 1). ``iters`` Newton steps from the best multiple of ``start``, each with a line search
+    over the fixed grid ``1, 1/2, ..., 2^-15, 0`` (all evaluated at once; the best positive point wins,
+    so f never increases): a fixed amount of work, no host sync."""
+    def phi(a):
+        return a.log() if power == 1.0 else a.pow(1.0 - power) / (1.0 - power)
+
+    # The best multiple t of the start: t^(1 + power) = sum(start^(1 - power)) / start^T G start.
+    quad = (start @ G @ start).clamp_min(1e-300)
+    a = start * (start.pow(1.0 - power).sum() / quad).pow(1.0 / (1.0 + power))
+    steps = torch.pow(2.0, -torch.arange(0, 16, dtype=G.dtype, device=G.device))
+    steps = torch.cat((steps, steps.new_zeros(1)))
+    for _ in range(iters):
+        grad = G @ a - a.pow(-power)
+        H = G + torch.diag(power * a.pow(-power - 1.0))
+        step = torch.linalg.solve_ex(H, grad[:, None], check_errors=False)[0][:, 0]
+        trial = a[None, :] - steps[:, None] * step[None, :]          # (T, K)
+        positive = (trial > 0).all(1)
+        safe = torch.where(positive[:, None], trial, torch.ones_like(trial))
+        f = 0.5 * torch.einsum("ti,ij,tj->t", safe, G, safe) - phi(safe).sum(1)
+        f = torch.where(positive & torch.isfinite(f), f, torch.full_like(f, float("inf")))
+        best = f == f.min()  # the best point on the grid (step 0 keeps a), picked by a mask
+        first = best & (best.cumsum(0) == 1)
+        a = (trial * first[:, None]).sum(0)
+    return a

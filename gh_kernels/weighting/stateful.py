@@ -26,6 +26,7 @@ import torch
 
 from .linalg import eye
 from .rules import visiting_order
+from .solvers import positive_root
 
 
 def check_number(name: str, value, low: float, high: float = math.inf, integer: bool = False) -> float:
@@ -222,24 +223,7 @@ class NashMTL(StatefulMethod):
                 "newton_iters": self.newton_iters, "reg_eps": self.reg_eps}
 
     def _solve(self, Gn: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        # The best multiple of the start (minimizes f along it): f's minimizer has a^T G a = K, so
-        # this removes the scale error, which is what makes a warm start from another step far off.
-        alpha = alpha * (alpha.shape[0] / (alpha @ Gn @ alpha).clamp_min(1e-300)).sqrt()
-        steps = torch.pow(2.0, -torch.arange(0, 16, dtype=Gn.dtype, device=Gn.device))  # line-search grid, and 0
-        steps = torch.cat((steps, steps.new_zeros(1)))
-        for _ in range(self.newton_iters):
-            grad = Gn @ alpha - 1.0 / alpha
-            H = Gn + torch.diag(1.0 / (alpha * alpha))
-            step = torch.linalg.solve_ex(H, grad[:, None], check_errors=False)[0][:, 0]
-            trial = alpha[None, :] - steps[:, None] * step[None, :]          # (T, K)
-            positive = (trial > 0).all(1)
-            safe = torch.where(positive[:, None], trial, torch.ones_like(trial))
-            f = 0.5 * torch.einsum("ti,ij,tj->t", safe, Gn, safe) - safe.log().sum(1)
-            f = torch.where(positive & torch.isfinite(f), f, torch.full_like(f, float("inf")))
-            best = f == f.min()  # the best point on the grid (step 0 keeps alpha: f never increases), picked by a mask
-            first = best & (best.cumsum(0) == 1)
-            alpha = (trial * first[:, None]).sum(0)
-        return alpha
+        return positive_root(Gn, 1.0, alpha, self.newton_iters)  # G a = 1 / a
 
     @torch.no_grad()
     def propose(self, G: torch.Tensor) -> Tuple[torch.Tensor, State]:

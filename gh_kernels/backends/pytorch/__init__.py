@@ -3,12 +3,12 @@
 from typing import Optional
 
 from ...ops import library as _ops
-from . import kernels
+from . import coordinate, kernels
 
 
 def load(name: str) -> Optional[str]:
     _ops.register_kernels(name, "CompositeExplicitAutograd", kernels.gram, kernels.weights, kernels.combine_,
-                          kernels.harmonize_)
+                          kernels.harmonize_, coordinate.coordinate_)
     return None
 
 

@@ -1,5 +1,5 @@
-"""The ``"triton"`` backend: Gram (``gram.py``), combine (``combine.py``) and weights
-(``weights.py``) kernels over a work list (``worklist.py``) of flat parameter views (``flat.py``),
+"""The ``"triton"`` backend: Gram (``gram.py``), combine (``combine.py``), weights (``weights.py``) and
+per-coordinate (``coordinate.py``) kernels over a work list (``worklist.py``) of flat parameter views (``flat.py``),
 with the JIT helpers both multi-tensor kernels share (``common.py``).
 
 Registered for the ``CUDA`` key, and for ``CPU`` (the Triton interpreter, ``TRITON_INTERPRET=1``
@@ -38,7 +38,7 @@ def load(name: str) -> Optional[str]:
         return "the triton package is not installed"
     for key in ("CPU", "CUDA"):
         _ops.register_kernels(name, key, _Lazy("gram", "gram"), _Lazy("weights", "weights"), _Lazy("combine", "combine_"),
-                              _Lazy("fused", "harmonize_"))
+                              _Lazy("fused", "harmonize_"), _Lazy("coordinate", "coordinate_"))
     return None
 
 

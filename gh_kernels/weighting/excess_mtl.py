@@ -1,0 +1,128 @@
+"""ExcessMTL (He et al., "Robust Multi-Task Learning with Excess Risks", ICML 2024), as torchjd 0.18's
+``ExcessMTLWeighting``. Not a function of the Gram matrix: each step reads the gradients themselves.
+
+Per task i, the excess risk proxy ``E_i = sum_n g_in^2 / sqrt(S_in + 1e-7)`` (eq. 6-7), where S, the
+running sum of squared gradients (AdaGrad's diagonal), includes this step's; after ``n_warmup_steps``
+steps of uniform weights (whose proxies' mean becomes the baseline; without warmup the first step's
+proxy is), ``E_i`` is divided by the baseline (+ 1e-7) and the weights take an exponentiated-gradient
+step ``w <- softmax(log w + robust_step_size * E)`` (eq. 9) from 1/K.
+
+Cost: S has one entry per task and gradient element -- K times the model's gradient memory, as in
+torchjd -- and a step proposes a new S (the old one is freed when the step commits: NOTE: [State
+changes after success]). The proxies are foreach ops over the K x P tensors (no stacked copy).
+Everything stays on the device: the warmup and baseline branches are picked with ``torch.where``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .stateful import State, StatefulMethod, check_number
+
+#: torchjd's constants: added to S under the square root, and to the baseline.
+EPS = 1e-7
+
+
+class ExcessMTL(StatefulMethod):
+    """ExcessMTL (see the module docstring): ``robust_step_size`` (> 0, default 1) and
+    ``n_warmup_steps`` (>= 0, default 0). State: ``lam`` ((K,) float64 weights), ``baseline`` ((K,)
+    float64), ``warmup_sum`` ((K,) float64), ``n_steps`` (0-dim int64) and ``sq_grad_sum`` (one tensor per
+    task and parameter, set-major like the op's lists; None where a task never reached a parameter)."""
+
+    name = "excess-mtl"
+    STATE = ("lam", "baseline", "warmup_sum", "n_steps", "sq_grad_sum")
+    reads_gradients = True
+
+    def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0):
+        self.robust_step_size = float(check_number("robust_step_size", robust_step_size, 0.0))
+        if self.robust_step_size <= 0:
+            raise ValueError(f"robust_step_size must be a finite number > 0; got {robust_step_size!r}")
+        self.n_warmup_steps = int(check_number("n_warmup_steps", n_warmup_steps, 0, 10 ** 12, integer=True))
+        super().__init__(None)
+
+    def _config(self) -> dict:
+        return {"robust_step_size": self.robust_step_size, "n_warmup_steps": self.n_warmup_steps}
+
+    def propose(self, G: torch.Tensor) -> Tuple[torch.Tensor, State]:
+        raise ValueError("ExcessMTL reads the gradients, not only their Gram matrix: use it with gh_kernels.aggregate or "
+                         "MultiTaskHarmonizer (gh_kernels.weights cannot run it)")
+
+    @torch.no_grad()
+    def propose_from_sets(self, G: torch.Tensor, flat: Sequence[Optional[torch.Tensor]], K: int) -> Tuple[torch.Tensor, State]:
+        """The step's weights and new state from the K gradient sets (``flat``: set-major, K * P tensors)."""
+        device = G.device
+        old_sums: List[Optional[torch.Tensor]] = list(self.sq_grad_sum) if self.sq_grad_sum is not None else [None] * len(flat)
+        if len(old_sums) != len(flat):
+            raise ValueError(f"this ExcessMTL holds the squared-gradient sums of {len(old_sums) // K} parameters; got "
+                             f"{len(flat) // K}. Call reset() to start over with another parameter list")
+        present = [i for i, t in enumerate(flat) if t is not None and t.numel()]
+        grads = [flat[i] for i in present]
+        squares = torch._foreach_mul(grads, grads)
+        sums = [s if old_sums[i] is None else old_sums[i] + s for i, s in zip(present, squares)]
+        ratios = torch._foreach_div(squares, torch._foreach_sqrt(torch._foreach_add(sums, EPS)))
+        totals = torch._foreach_norm(ratios, 1) if ratios else []  # ratios >= 0: the L1 norm is the sum
+        P = len(flat) // K
+        proxy = torch.zeros(K, dtype=torch.float64, device=device)
+        if present:
+            task = torch.tensor([i // P for i in present], device=device)
+            proxy = proxy.index_add(0, task, torch.stack(totals).to(torch.float64))
+        lam, baseline, warmup_sum, steps = (self._current(key, device) for key in self.STATE[:4])
+        if lam is None:
+            lam = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
+            baseline = torch.zeros(K, dtype=torch.float64, device=device)
+            warmup_sum = torch.zeros(K, dtype=torch.float64, device=device)
+            steps = torch.zeros((), dtype=torch.int64, device=device)
+        finite = torch.isfinite(proxy).all() & torch.isfinite(G).all()
+        in_warmup = steps < self.n_warmup_steps
+        first = steps == self.n_warmup_steps  # the first step after the warmup sets the baseline
+        new_warmup_sum = torch.where(in_warmup, warmup_sum + proxy, warmup_sum)
+        if self.n_warmup_steps > 0:
+            new_baseline = torch.where(first, new_warmup_sum / self.n_warmup_steps, baseline)
+            scaled = proxy / (new_baseline + EPS)
+        else:  # torchjd: the first step's proxy is the baseline and is used unscaled
+            new_baseline = torch.where(first, proxy, baseline)
+            scaled = torch.where(first, proxy, proxy / (new_baseline + EPS))
+        stepped = torch.softmax(lam.log() + scaled * self.robust_step_size, dim=0)
+        new_lam = torch.where(in_warmup, lam, stepped)
+        new_sums = list(old_sums)
+        for i, s in zip(present, sums):
+            new_sums[i] = s
+        keep = lambda new, old: torch.where(finite, new, old)  # noqa: E731
+        state = {"lam": keep(new_lam, lam), "baseline": keep(new_baseline, baseline),
+                 "warmup_sum": keep(new_warmup_sum, warmup_sum), "n_steps": keep(steps + 1, steps),
+                 "sq_grad_sum": _where_list(finite, new_sums, old_sums)}
+        return torch.where(finite, new_lam, torch.full_like(lam, 1.0 / K)), state
+
+    def state_dict(self) -> dict:
+        sums = self.sq_grad_sum
+        self.sq_grad_sum = None
+        try:
+            out = super().state_dict()
+        finally:
+            self.sq_grad_sum = sums
+        out["state"]["sq_grad_sum"] = None if sums is None else [None if t is None else t.detach().clone() for t in sums]
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
+            raise ValueError("state_dict must be what ExcessMTL.state_dict() returned")
+        sums = state_dict["state"].get("sq_grad_sum")
+        if sums is not None and not isinstance(sums, (list, tuple)):
+            raise ValueError("state_dict['state']['sq_grad_sum'] must be a list of tensors or None")
+        inner = dict(state_dict, state=dict(state_dict["state"], sq_grad_sum=None))
+        super().load_state_dict(inner)
+        self.sq_grad_sum = None if sums is None else [None if t is None else t.detach().clone() for t in sums]
+
+
+def _where_list(condition: torch.Tensor, new: List[Optional[torch.Tensor]], old: List[Optional[torch.Tensor]]):
+    """``new`` where ``condition`` (a 0-dim device bool), else ``old``, entry by entry (no host read)."""
+    out = []
+    for n, o in zip(new, old):
+        if n is None or n is o:
+            out.append(o)
+        elif o is None:  # the first sum of a non-finite step: the zeros it stands for
+            out.append(torch.where(condition, n, torch.zeros((), dtype=n.dtype, device=n.device), out=n))
+        else:  # in place into the new sum: no third copy
+            out.append(torch.where(condition, n, o, out=n))
+    return out
