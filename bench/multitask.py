@@ -19,6 +19,8 @@ peak resident memory of one call above what the inputs and outputs already hold 
 
   python -m bench.multitask                       # CPU: both lists, K = 2, 4, 8, upgrad and mgda
   python -m bench.multitask --quick               # small lists (seconds)
+  python -m bench.multitask --methods new         # issue #23's methods (no LibMTL column)
+  python -m bench.multitask --methods trimmed-mean,graddrop --lists resnet50 --ks 4
 """
 from __future__ import annotations
 
@@ -45,22 +47,63 @@ def make_lists(kind: str, K: int, scale: float, device):
     return sets, out
 
 
-def providers(method: str, sets, out):
+#: The methods of issue #23 (time and memory against torchjd's aggregators; LibMTL has no counterpart row).
+NEW_METHODS = ("fairgrad", "krum", "random", "trimmed-mean", "graddrop", "pcd", "cr-mogm", "modo", "sdmgrad", "excess-mtl")
+CROSS_BATCH = ("modo", "sdmgrad")
+
+
+def ours_and_theirs(method: str, K: int):
+    """(our method= and options, torchjd's aggregator or weighting) for a method name."""
     import torchjd.aggregation as A
-    aggregator = {"upgrad": A.UPGrad, "mgda": A.MGDA, "mean": A.Mean, "cagrad": lambda: A.CAGrad(c=0.4),
-                  "dualproj": A.DualProj, "imtl-g": A.IMTLG}[method]()
+    table = {
+        "upgrad": (("upgrad", {}), A.UPGrad()), "mgda": (("mgda", {}), A.MGDA()), "mean": (("mean", {}), A.Mean()),
+        "cagrad": (("cagrad", {"c": 0.4}), A.CAGrad(c=0.4)), "dualproj": (("dualproj", {}), A.DualProj()),
+        "imtl-g": (("imtl-g", {}), A.IMTLG()),
+        "fairgrad": (("fairgrad", {"alpha": 1.0}), A.FairGrad(alpha=1.0)),
+        "krum": (("krum", {"n_byzantine": max(0, K - 3) // 2}), A.Krum(n_byzantine=max(0, K - 3) // 2)),
+        "random": (("random", {}), A.Random()),
+        "trimmed-mean": (("trimmed-mean", {"trim_number": (K - 1) // 2}), A.TrimmedMean((K - 1) // 2)),
+        "graddrop": (("graddrop", {}), A.GradDrop()),
+        "pcd": ((gh_kernels.PCD(), {}), A.PCD()),
+        "cr-mogm": ((gh_kernels.CRMOGM("upgrad"), {}), A.GramianWeightedAggregator(A.CRMOGMWeighting(A.UPGradWeighting()))),
+        "modo": ((gh_kernels.MoDo(), {}), A.MoDoWeighting()),
+        "sdmgrad": ((gh_kernels.SDMGrad(), {}), A.SDMGradWeighting()),
+        "excess-mtl": ((gh_kernels.ExcessMTL(), {}), A.ExcessMTL()),
+    }
+    return table[method]
+
+
+def providers(method: str, sets, out, second=None):
+    """``second``: a second batch's lists (the cross-batch methods)."""
+    import torchjd.aggregation as A
+    (ours_method, options), aggregator = ours_and_theirs(method, len(sets))
     weighting = aggregator.gramian_weighting if hasattr(aggregator, "gramian_weighting") else None
     sizes = [t.numel() for t in out]
 
-    def ours():
-        return gh_kernels.aggregate(sets, method, out=out)
+    def stack(lists):
+        return torch.stack([torch.cat([t.reshape(-1) for t in s]) for s in lists])
 
     def write_back(vector):
         torch._foreach_copy_(out, [v.view_as(o) for v, o in zip(vector.split(sizes), out)])
 
+    if method in CROSS_BATCH:  # torchjd: the two Jacobians, the weighting on J1 J2^T, the mean of both updates
+        def ours():
+            return gh_kernels.aggregate(sets, ours_method, out=out, second_batch=second, **options)
+
+        def torchjd():
+            J1, J2 = stack(sets), stack(second)
+            w = aggregator(J1 @ J2.T)
+            write_back((w @ J1 + w @ J2) / 2)
+        return {"gh_kernels": ours, "torchjd": torchjd}
+
+    def ours():
+        return gh_kernels.aggregate(sets, ours_method, out=out, **options)
+
     def torchjd():
-        J = torch.stack([torch.cat([t.reshape(-1) for t in s]) for s in sets])
-        write_back(aggregator(J))
+        write_back(aggregator(stack(sets)))
+
+    if method in NEW_METHODS:
+        return {"gh_kernels": ours, "torchjd": torchjd}
 
     def libmtl():
         buf = torch.zeros(len(sets), sum(sizes), dtype=out[0].dtype, device=out[0].device)
@@ -92,9 +135,10 @@ def run(lists, Ks, methods, scale, min_time, device):
     for kind in lists:
         for K in Ks:
             sets, out = make_lists(kind, K, scale, device)
+            second = [[t.flip(0) for t in s] for s in sets] if any(m in CROSS_BATCH for m in methods) else None
             N = sum(t.numel() for t in out)
             for method in methods:
-                fns = providers(method, sets, out)
+                fns = providers(method, sets, out, second)
                 mem = {name: extra_memory_mb(fn, device) for name, fn in fns.items()}
                 samples = timing.interleaved(fns, device, min_time, min_rounds=3, sample_s=0.0)
                 st = {name: timing.stats(s) for name, s in samples.items()}
@@ -107,7 +151,7 @@ def run(lists, Ks, methods, scale, min_time, device):
                     rows.append(row)
                     print(f"{kind:9s} K={K} {method:7s} {name:10s} {row['median_ms']:9.1f} ms  extra {mem[name]:8.1f} MB"
                           + (f"  gh_kernels {row['gh_speedup']:.2f}x faster" if "gh_speedup" in row else ""), flush=True)
-            del sets, out
+            del sets, out, second
     return rows
 
 
@@ -148,11 +192,13 @@ def summary(rows, solves, device, note) -> str:
     for r in rows:
         groups.setdefault(key(r), {})[r["provider"]] = r
     for (kind, K, method), g in groups.items():
-        o, t, lm = g["gh_kernels"], g["torchjd"], g["libmtl"]
+        o, t, lm = g["gh_kernels"], g["torchjd"], g.get("libmtl")
         flag = lambda r: "*" if r["noisy"] else ""  # noqa: E731
+        lm_ms, lm_x, lm_mb = ((f"{lm['median_ms']:.1f}{flag(lm)}", f"{lm['gh_speedup']:.2f}x", f"{lm['extra_mb']:.0f}")
+                              if lm else ("-", "-", "-"))
         lines.append(f"| {kind} | {o['N'] / 1e6:.1f}M | {K} | {method} | {o['median_ms']:.1f}{flag(o)} | {t['median_ms']:.1f}{flag(t)} | "
-                     f"{lm['median_ms']:.1f}{flag(lm)} | {t['gh_speedup']:.2f}x | {lm['gh_speedup']:.2f}x | "
-                     f"{o['extra_mb']:.1f} / {t['extra_mb']:.0f} / {lm['extra_mb']:.0f} | {o['gbps']:.1f} |")
+                     f"{lm_ms} | {t['gh_speedup']:.2f}x | {lm_x} | "
+                     f"{o['extra_mb']:.1f} / {t['extra_mb']:.0f} / {lm_mb} | {o['gbps']:.1f} |")
     lines += ["", "`*`: noisy row (interquantile spread above 25% of the median). Speed-ups are medians of paired per-round ratios.",
               "", "## Weights alone from a K x K Gram (us per call, host included)", "",
               "| K | method | gh_kernels us | torchjd us |", "|---|---|---|---|"]
@@ -166,6 +212,10 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny lists, one round (the test suite's check that it runs)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--methods", default=None, help="comma-separated methods (default: upgrad,mgda; 'new': issue #23's)")
+    ap.add_argument("--lists", default="resnet50,vit_b16")
+    ap.add_argument("--ks", default=None, help="comma-separated K (default 2,4,8; --quick 2,4)")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of interleaved timing per row")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -174,8 +224,12 @@ def main(argv=None):
     if args.smoke:
         scale, min_time, Ks = 0.002, 0.0, (3,)
     methods = ("upgrad",) if args.quick or args.smoke else ("upgrad", "mgda")
+    if args.methods:
+        methods = NEW_METHODS if args.methods == "new" else tuple(args.methods.split(","))
+    Ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else Ks
+    min_time = args.min_time if args.min_time is not None else min_time
     before = timing.machine_load()
-    rows = run(("resnet50", "vit_b16"), Ks, methods, scale, min_time, device)
+    rows = run(tuple(args.lists.split(",")), Ks, methods, scale, min_time, device)
     solves = solver_rows((3,) if args.smoke else (2, 8) if args.quick else (2, 4, 8), device,
                          rounds=1 if args.smoke else 5 if args.quick else 200)
     note = (f"{torch.__version__}, {os.cpu_count()} CPU threads, float32 gradients; "
