@@ -138,6 +138,8 @@ def run(lists, Ks, methods, scale, min_time, device):
             second = [[t.flip(0) for t in s] for s in sets] if any(m in CROSS_BATCH for m in methods) else None
             N = sum(t.numel() for t in out)
             for method in methods:
+                if method == "krum" and K < 3:  # Krum needs K >= n_byzantine + 3
+                    continue
                 fns = providers(method, sets, out, second)
                 mem = {name: extra_memory_mb(fn, device) for name, fn in fns.items()}
                 samples = timing.interleaved(fns, device, min_time, min_rounds=3, sample_s=0.0)

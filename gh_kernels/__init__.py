@@ -8,7 +8,8 @@ Public API (documented in docs/API.md):
 * the training steps, two faces of one engine: :class:`Harmonizer` (two losses, GH rules;
   ``backward`` returns a :class:`HarmonizeResult`) and :class:`MultiTaskHarmonizer` (K losses, every
   method; a :class:`MultiTaskResult`);
-* methods: :data:`METHODS` (the two-task GH rules), :data:`MULTITASK_METHODS`, and the stateful
+* methods: :data:`METHODS` (the two-task GH rules), :data:`MULTITASK_METHODS` (names), and the stateful
+  ones' classes (:data:`STATEFUL_METHODS`):
   :class:`GradVac`, :class:`NashMTL`, :class:`PCD`, :class:`CRMOGM`, :class:`MoDo`, :class:`SDMGrad` and
   :class:`ExcessMTL` (``state_dict``/``load_state_dict``);
 * backends: :func:`available_backends`, :func:`extension_error`, :class:`BackendUnavailable`;
@@ -29,7 +30,7 @@ from .harmonizer import HarmonizeResult, Harmonizer, MultiTaskHarmonizer, MultiT
 from .layers import GradReverse, grad_reverse
 from .ops.constants import METHODS
 from .plan import Plan, plan
-from .weighting import CRMOGM, MULTITASK_METHODS, PCD, SDMGrad, ExcessMTL, GradVac, MoDo, NashMTL
+from .weighting import CRMOGM, MULTITASK_METHODS, PCD, STATEFUL_METHODS, SDMGrad, ExcessMTL, GradVac, MoDo, NashMTL
 from . import harmonizer as _harmonizer, weighting as _weighting
 
 load_backends()
@@ -57,5 +58,6 @@ def __getattr__(name):
 __all__ = [
     "gram", "weights", "combine", "harmonize", "HarmonizeOutput", "aggregate", "AggregateOutput", "plan", "Plan",
     "Harmonizer", "HarmonizeResult", "MultiTaskHarmonizer", "MultiTaskResult", "METHODS", "MULTITASK_METHODS",
+    "STATEFUL_METHODS",
     "GradVac", "NashMTL", "PCD", "CRMOGM", "MoDo", "SDMGrad", "ExcessMTL", "available_backends", "extension_error", "BackendUnavailable", "GradReverse", "grad_reverse",
 ]

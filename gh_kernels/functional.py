@@ -81,9 +81,10 @@ def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **op
 
     Multi-task methods (any K from 2 to 12): ``"mean"``, ``"sum"``, ``"pcgrad"``, ``"mgda"``,
     ``"cagrad"`` (option ``c``, default 0.4), ``"imtl-g"``, ``"aligned-mtl"``, ``"upgrad"``,
-    ``"dualproj"``, ``"config"``, or a :class:`GradVac` / :class:`NashMTL` object (state across
-    steps); their options, papers, regularization and tolerances are in
-    :mod:`gh_kernels.weighting.rules`. Every solve runs on G's device with a fixed amount of work.
+    ``"dualproj"``, ``"config"``, ``"krum"``, ``"random"``, ``"fairgrad"``, or a stateful object
+    (:data:`gh_kernels.STATEFUL_METHODS`: GradVac, NashMTL, PCD, CRMOGM, MoDo, SDMGrad); their
+    options, papers, regularization and tolerances are in :mod:`gh_kernels.weighting.rules` and each
+    method's file. The per-coordinate methods and ExcessMTL have no weights from G (ValueError). Every solve runs on G's device with a fixed amount of work.
 
     No host synchronization. Unknown methods or options, options a method does not take, and
     K = 1 raise ValueError naming them.
@@ -109,7 +110,7 @@ class AggregateOutput(NamedTuple):
 
     weights: Optional[torch.Tensor]  #: (K,) the method's weights, float32 (float64 for float64 gradients); None per coordinate
     out: List[TensorOrNone]  #: the update per parameter (the ``out`` list, or new tensors)
-    gram: Optional[torch.Tensor]  #: (K, K) Gram matrix of the sets (2K x 2K with second_batch); None per coordinate
+    gram: Optional[torch.Tensor]  #: (K, K) Gram matrix of the sets (with second_batch: the cross matrix J_1 J_2^T); None per coordinate
 
 
 def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequence[torch.Tensor]] = None,
@@ -127,8 +128,8 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     Per-coordinate methods (``"trimmed-mean"``, ``"graddrop"``): one fused pass over the K sets and
     no Gram matrix: ``weights`` and ``gram`` are None. Cross-batch methods (:class:`MoDo`,
     :class:`SDMGrad`): ``second_batch`` holds the K sets of a second, independent batch; one Gram pass
-    over the 2K sets (``gram`` is 2K x 2K), the weights from its block ``J_1 J_2^T`` and ``out = sum_k
-    w_k (grads[k] + second_batch[k]) / 2`` (NOTE: [Cross-batch Gram]).
+    over the 2K sets (in blocks above the kernels' 8), the weights from ``J_1 J_2^T`` and ``out = sum_k
+    w_k (grads[k] + second_batch[k]) / 2`` (NOTE: [Cross-batch Gram]); ``gram`` is then that K x K cross matrix.
     """
     if second_batch is not None:
         if isinstance(second_batch, torch.Tensor) or not isinstance(second_batch, (list, tuple)):
@@ -158,11 +159,22 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
             rollback()
             raise
         return AggregateOutput(None, out, None)
-    G = _op_call(every, out, lambda: _dispatch.gram(sets, device, backend), names)
+    if weighting.cross_batch:  # NOTE: [Cross-batch Gram]: A = J_1 J_2^T, in blocks the kernels take
+        G = _op_call(every, out, lambda: _dispatch.cross_gram(sets, device, backend), names)
+    else:
+        G = _op_call(every, out, lambda: _dispatch.gram(sets, device, backend), names)
     w, pending = weighting.solve(G, flatten_sets(sets))
     try:
         applied = weighting.combine_weights(w)
-        out = _op_call(every, out, lambda: _dispatch.combine(applied, sets, device, out, False, backend), names)
+        if weighting.cross_batch:
+            if out is None:
+                out = _dispatch.new_outs(sets)
+            present = [p for p, o in enumerate(out) if o is not None]
+            sub = [[s[p] for p in present] for s in sets]
+            _op_call(every, out, lambda: _dispatch.combine_sets(applied, sub, device, [out[p] for p in present], False,
+                                                                backend), names)
+        else:
+            out = _op_call(every, out, lambda: _dispatch.combine(applied, sets, device, out, False, backend), names)
         if fake_kernel_ran(G, device):
             _name_refusal(every, out, names)
     except BaseException:

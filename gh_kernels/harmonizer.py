@@ -154,7 +154,7 @@ class MultiTaskHarmonizer(_Face):
         ``second_losses``: for :class:`gh_kernels.MoDo` and :class:`gh_kernels.SDMGrad` (required there,
         refused elsewhere), the same K losses on a second, independent batch: 2K backward passes, one
         Gram pass over the 2K gradient sets, the weights from its cross-batch block and ``.grad`` gets
-        ``sum_k w_k (g_k + g'_k) / 2`` (``gram`` in the result is 2K x 2K). Per-coordinate methods
+        ``sum_k w_k (g_k + g'_k) / 2`` (``gram`` in the result is the K x K cross matrix). Per-coordinate methods
         (``"trimmed-mean"``, ``"graddrop"``) return ``weights`` and ``gram`` None.
         """
         if second_losses is not None:

@@ -75,7 +75,8 @@ class Plan:
         self.weighting, self.device, self.num_params = weighting, device, num_params
         self.num_sets = weighting.num_sets  # the sets a call passes (2K for a cross-batch plan)
         extra = weighting.coordinate.extra_sets if weighting.coordinate is not None else 0
-        self.backend = backends.resolve(backend, device, self.num_sets + extra)
+        # a cross-batch plan runs its 2K sets in blocks the kernels take (NOTE: [Cross-batch Gram])
+        self.backend = backends.resolve(backend, device, weighting.num_tasks if weighting.cross_batch else self.num_sets + extra)
         self.checks_in_op = self.backend in CHECKS_IN_OP
         self.fused_op = backends.kernel(self.backend, "harmonize_") if weighting.gh_code is not None else None
         self.gram_op = backends.kernel(self.backend, "gram")
@@ -106,14 +107,22 @@ class Plan:
                 raise
             return None, None, Pending(rollback=rollback)
         selected = flat if gram_mask is None else [t if gram_mask[i % P] else None for i, t in enumerate(flat)]
-        if any(t is not None and t.numel() for t in selected):
-            G = self.gram_op(selected, self.num_sets)
+        cross = self.weighting.cross_batch
+        size = self.weighting.num_tasks if cross else self.num_sets
+        if not any(t is not None and t.numel() for t in selected):
+            G = torch.zeros((size, size), dtype=result_dtype(flat), device=self.device)
+        elif cross:  # NOTE: [Cross-batch Gram]
+            G = dispatch.cross_gram([selected[k * P:(k + 1) * P] for k in range(self.num_sets)], self.device, self.backend)
         else:
-            G = torch.zeros((self.num_sets,) * 2, dtype=result_dtype(flat), device=self.device)
+            G = self.gram_op(selected, self.num_sets)
         w, pending = self.weighting.solve(G, selected)
         try:
-            applied = scaled(w, scales)
-            self.combine_op(out, flat, self.num_sets, self.weighting.combine_weights(applied), accumulate)
+            applied = self.weighting.combine_weights(scaled(w, scales))
+            if cross:
+                dispatch.combine_sets(applied, [flat[k * P:(k + 1) * P] for k in range(self.num_sets)], self.device, out,
+                                      accumulate, self.backend)
+            else:
+                self.combine_op(out, flat, self.num_sets, applied, accumulate)
         except BaseException:
             pending.rollback()
             raise

@@ -5,6 +5,9 @@ on an offline K = 4 task problem built from scikit-learn's digits.
     python python/multitask.py --out python/results/multitask   # regenerate the committed results
     python python/multitask.py --methods sum upgrad --seeds 2   # a quick look
 
+MoDo and SDMGrad take two independent batches per step (consecutive batches paired: half the steps of
+the others per epoch, each on twice the data); the per-coordinate methods log no weights.
+
 Tasks (one shared trunk, one head per task, ``MultiTaskHarmonizer`` over the trunk):
   0 ``digit``   10-way classification (cross-entropy; metric: test accuracy)
   1 ``parity``  even or odd (binary cross-entropy; accuracy)
@@ -31,7 +34,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 import gh_kernels  # noqa: E402
 
 TASKS = ("digit", "parity", "large", "recon")
-METHODS = ("sum", "mean", "pcgrad", "mgda", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "dualproj", "config", "gradvac", "nash-mtl")
+METHODS = ("sum", "mean", "pcgrad", "mgda", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "dualproj", "config", "gradvac", "nash-mtl",
+           "fairgrad", "krum", "random", "trimmed-mean", "graddrop", "pcd", "cr-mogm", "modo", "sdmgrad", "excess-mtl")
+#: Per-coordinate methods have no weights to log; cross-batch ones take two batches per step.
+OPTIONS = {"trimmed-mean": {"trim_number": 1}, "krum": {"n_byzantine": 1, "n_selected": 2}}
+CROSS_BATCH = ("modo", "sdmgrad")
 
 
 def load_data(seed):
@@ -79,11 +86,10 @@ def evaluate(net, data):
 
 
 def make_method(name):
-    if name == "gradvac":
-        return gh_kernels.GradVac()
-    if name == "nash-mtl":
-        return gh_kernels.NashMTL()
-    return name
+    objects = {"gradvac": gh_kernels.GradVac, "nash-mtl": gh_kernels.NashMTL, "pcd": gh_kernels.PCD,
+               "cr-mogm": lambda: gh_kernels.CRMOGM("upgrad"), "modo": gh_kernels.MoDo, "sdmgrad": gh_kernels.SDMGrad,
+               "excess-mtl": gh_kernels.ExcessMTL}
+    return objects[name]() if name in objects else name
 
 
 def run(method, seed, epochs, batch):
@@ -91,16 +97,25 @@ def run(method, seed, epochs, batch):
     train, test = load_data(seed)
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    h = gh_kernels.MultiTaskHarmonizer(net.parameters(), shared=net.trunk.parameters(), method=make_method(method))
+    h = gh_kernels.MultiTaskHarmonizer(net.parameters(), shared=net.trunk.parameters(), method=make_method(method),
+                                       **OPTIONS.get(method, {}))
     g = torch.Generator().manual_seed(seed + 1)
     x, targets = train
     weights_log, t0 = [], time.perf_counter()
+    losses_of = lambda idx: task_losses(net(x[idx]), [t[idx] for t in targets])  # noqa: E731
     for epoch in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(batch):
+        batches = torch.randperm(len(x), generator=g).split(batch)
+        if method in CROSS_BATCH:  # consecutive batches paired: half the steps, each on two independent batches
+            batches = list(zip(batches[0::2], batches[1::2]))
+        for idx in batches:
             opt.zero_grad(set_to_none=True)
-            res = h.backward(task_losses(net(x[idx]), [t[idx] for t in targets]))
+            if method in CROSS_BATCH:
+                res = h.backward(losses_of(idx[0]), second_losses=losses_of(idx[1]))
+            else:
+                res = h.backward(losses_of(idx))
             opt.step()
-        weights_log.append((res.weights / res.weights.abs().sum().clamp_min(1e-12)).tolist())
+        if res.weights is not None:  # per-coordinate methods have none
+            weights_log.append((res.weights / res.weights.abs().sum().clamp_min(1e-12)).tolist())
     return {"method": method, "seed": seed, "test": evaluate(net, test), "seconds": time.perf_counter() - t0,
             "weights": weights_log}
 

@@ -66,8 +66,9 @@ def write_report(runs, args, out):
         ax.barh(range(len(methods)), means, xerr=errs, color=["#888" if m == base else "#3a7" for m in methods])
         ax.set_yticks(range(len(methods)))
         ax.set_yticklabels(methods if t == 0 else [])
-        lo = min(means) - 2 * max(e for e in errs if e == e)
-        ax.set_xlim(max(0.0, lo), max(means) + 2 * max(e for e in errs if e == e))
+        spread = max((e for e in errs if e == e), default=0.0)  # one seed: no interval
+        lo = min(means) - 2 * spread
+        ax.set_xlim(max(0.0, lo), max(means) + 2 * spread + 1e-9)
         ax.set_title(f"{TASKS[t]} ({'accuracy' if HIGHER_IS_BETTER[t] else 'MSE'}, test)")
     fig.suptitle("Multi-task methods on digits: mean over seeds, 95% CI")
     fig.tight_layout()
@@ -75,7 +76,9 @@ def write_report(runs, args, out):
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in methods:
-        w = [r["weights"][-1] for r in runs if r["method"] == m]
+        w = [r["weights"][-1] for r in runs if r["method"] == m and r["weights"]]
+        if not w:  # per-coordinate methods: no weights
+            continue
         mean_w = [statistics.mean(x[t] for x in w) for t in range(len(TASKS))]
         ax.plot(range(len(TASKS)), mean_w, marker="o", label=m)
     ax.set_xticks(range(len(TASKS)))

@@ -137,7 +137,19 @@ def test_refused_write_restores_every_grad_and_state(backend, face, mode, case):
 
 
 # -- state changes only after success; non-finite steps change nothing ---------------------------
-@pytest.mark.parametrize("method", ["gradvac", "pcgrad-generator"])
+#: name -> (method=, options, whether the step takes a second batch)
+FAILING_STEP_METHODS = {
+    "gradvac": lambda: (gh_kernels.GradVac(beta=0.3, generator=torch.Generator().manual_seed(1)), {}, False),
+    "pcgrad-generator": lambda: ("pcgrad", {"generator": torch.Generator().manual_seed(1)}, False),
+    "graddrop-generator": lambda: ("graddrop", {"generator": torch.Generator().manual_seed(1)}, False),
+    "pcd": lambda: (gh_kernels.PCD(beta=0.5), {}, False),
+    "cr-mogm": lambda: (gh_kernels.CRMOGM(gh_kernels.NashMTL(), alpha=0.5), {}, False),
+    "excess-mtl": lambda: (gh_kernels.ExcessMTL(), {}, False),
+    "modo": lambda: (gh_kernels.MoDo(gamma=0.5), {}, True),
+}
+
+
+@pytest.mark.parametrize("method", list(FAILING_STEP_METHODS))
 def test_failed_step_leaves_the_method_as_a_clean_run(backend, method):
     """A step refused at its write (after the solve ran) leaves the state and the generator's draws as they were."""
     K = 3
@@ -145,13 +157,13 @@ def test_failed_step_leaves_the_method_as_a_clean_run(backend, method):
     for fail in (False, True):
         torch.manual_seed(0)
         model = KHeadNet(K)
-        if method == "gradvac":
-            h = gh_kernels.MultiTaskHarmonizer(model.parameters(), method=gh_kernels.GradVac(beta=0.3, generator=torch.Generator().manual_seed(1)),
-                                               backend=backend)
-        else:
-            h = gh_kernels.MultiTaskHarmonizer(model.parameters(), method="pcgrad", generator=torch.Generator().manual_seed(1),
-                                               backend=backend)
-        weights = []
+        chosen, options, two_batches = FAILING_STEP_METHODS[method]()
+        h = gh_kernels.MultiTaskHarmonizer(model.parameters(), method=chosen, backend=backend, **options)
+
+        def backward(step):
+            second = model.losses(*_batch(step + 100)) if two_batches else None
+            return h.backward(model.losses(*_batch(step)), second_losses=second)
+        results = []
         for step in range(4):
             model.zero_grad(set_to_none=True)
             if fail and step == 2:
@@ -159,10 +171,12 @@ def test_failed_step_leaves_the_method_as_a_clean_run(backend, method):
                     p.grad = torch.zeros_like(p)
                 model.heads[1].weight.grad = model.heads[0].weight.grad  # two parameters, one .grad tensor
                 with pytest.raises(ValueError, match="overlap"):
-                    h.backward(model.losses(*_batch(step)))
+                    backward(step)
                 model.zero_grad(set_to_none=True)
-            weights.append(h.backward(model.losses(*_batch(step))).weights)
-        runs.append(torch.stack(weights))
+            result = backward(step)
+            results.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]) if result.weights is None
+                           else result.weights)
+        runs.append(torch.stack(results))
     assert torch.equal(runs[0], runs[1])
 
 

@@ -171,6 +171,14 @@ def test_krum_options_out_of_range_are_named(options, match):
         gh_kernels.weights(torch.eye(2), "krum")  # K = 2 < 0 + 3
 
 
+def test_krum_options_are_checked_for_the_smallest_k_they_allow():
+    """A training step checks options before K is known: valid ones pass, bad ones are named."""
+    x = torch.zeros(3, requires_grad=True)
+    gh_kernels.MultiTaskHarmonizer([x], method="krum", n_byzantine=2, n_selected=3)
+    with pytest.raises(ValueError, match="n_selected of 'krum' must be an integer >= 1"):
+        gh_kernels.MultiTaskHarmonizer([x], method="krum", n_selected=0)
+
+
 def _zero_in_hull(K, gen, N=20):
     """K gradients with 0 strictly inside their convex hull (the last is minus a positive mix of the others),
     as torchjd's stationary-point samplers draw them."""

@@ -181,3 +181,38 @@ def test_aggregate_traces_with_fullgraph_compile(label, make, options):
         torch.testing.assert_close(getattr(compiled_method, key), getattr(eager_method, key))
         if isinstance(eager_method, gh_kernels.CRMOGM) and isinstance(eager_method.method, gh_kernels.NashMTL):
             torch.testing.assert_close(compiled_method.method.alpha, eager_method.method.alpha)
+
+
+class CountHostToDevice(TorchDispatchMode):
+    """Copies of CPU tensors to another device (what a CUDA step would wait for): a G on the meta device
+    stands in for the GPU, so this runs on a CPU-only machine."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func.__name__.split(".")[0] in ("_to_copy", "copy_", "lift_fresh", "_copy_from"):
+            sources = [a for a in args if isinstance(a, torch.Tensor)]
+            targets = result if isinstance(result, (list, tuple)) else [result]
+            if any(s.device.type == "cpu" for s in sources[-1:]) and any(
+                    isinstance(t, torch.Tensor) and t.device.type == "meta" for t in targets):
+                self.copies.append(str(func))
+        return result
+
+
+@pytest.mark.parametrize("label,make,options", [c for c in METHODS if _kind(c[1]()) in ("gram", "cross")],
+                         ids=[c[0] for c in METHODS if _kind(c[1]()) in ("gram", "cross")])
+def test_no_host_to_device_copies_in_repeated_solves(label, make, options):
+    """Option tensors (pref_vector, PCD's tau, ...) reach the device once, not every step."""
+    if "generator" in label:
+        pytest.skip("a CPU generator draws on the CPU by design")
+    weighting = resolve(make(), 3, options)
+    G = _gram().to("meta")
+    weighting(G)  # the first call may copy an option to the device once
+    with CountHostToDevice() as counter:
+        for _ in range(2):
+            weighting(G)
+    assert counter.copies == [], f"{label}: {counter.copies}"

@@ -14,7 +14,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
-from gh_kernels.backends.triton import wide as triton_wide  # noqa: E402
+from gh_kernels.backends.triton import coordinate as triton_coordinate, wide as triton_wide  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
@@ -62,6 +62,12 @@ def main():
                     "BLOCK": "constexpr", "ACCUMULATE": "constexpr"}
             compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True}, (0, 1, 2))
         print(f"gram_wide / combine_wide {dtype:8s} K=5, 8 compile")
+        for rule, (K, sets) in ((0, (2, 2)), (0, (8, 8)), (1, (2, 3)), (1, (7, 8))):  # the per-coordinate kernel
+            psig = {"table": "*i64", "base": PTR[dtype], "leak": "*fp64" if dtype == "float64" else "*fp32", "trim": "i32",
+                    "K": "constexpr", "NUM_SETS": "constexpr", "RULE": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr"}
+            compile_kernel(triton_coordinate.coordinate_kernel, psig, {"K": K, "NUM_SETS": sets, "RULE": rule,
+                                                                      "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True}, (0, 1, 2))
+        print(f"coordinate {dtype:8s} (trimmed-mean K = 2, 8; graddrop K = 2, 7) compile")
     for g in ("*fp32", "*fp64"):
         compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp64", "G": g, "items": "i64",
                                                            "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 8, "RBLOCK": 64})

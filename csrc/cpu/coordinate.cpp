@@ -133,10 +133,7 @@ static_assert(kMaxSets == 8, "coordinate_item lists one case per supported numbe
 
 void coordinate_cpu(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                     c10::string_view rule, int64_t trim, const std::optional<at::Tensor>& leak, bool accumulate) {
-  int code = -1;
-  for (int r = 0; r < kNumCoordinateRules; ++r)
-    if (rule == kCoordinateRuleNames[r]) code = r;
-  TORCH_CHECK(code >= 0, "gh_kernels: rule must be 'trimmed-mean' or 'graddrop'; got '", std::string(rule), "'");
+  const int code = coordinate_rule_code(rule);
   TORCH_CHECK(code != kCoordinateTrimmedMean || (trim >= 0 && 2 * trim < num_sets), "gh_kernels: trim must satisfy 0 <= 2 * trim < ",
               num_sets, "; got ", trim);
   std::vector<double> lk;

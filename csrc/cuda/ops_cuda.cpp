@@ -113,15 +113,20 @@ void gram_pass(const WorkList& wl, int64_t K, at::Tensor& G) {
                                       G.scalar_type() == at::kDouble, stream));
 }
 
+// Zero the outs of parameters no set has: the work list has no item for them (combine and TrimmedMean
+// of zeros are zero).
+void zero_unreached(std::vector<FlatParam>& params, at::TensorList out, int64_t K) {
+  for (size_t p = 0; p < params.size(); ++p) {
+    bool any = false;
+    for (int k = 0; k < K; ++k) any = any || params[p].in[k] != nullptr;
+    if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
+  }
+}
+
 // out = sum_k w[k] in_k (+ out) over a work list; zero the outs of parameters no set has (unless accumulating).
 void combine_pass(std::vector<FlatParam>& params, at::TensorList out, const WorkList& wl, int64_t K, const double* w,
                   bool accumulate) {
-  if (!accumulate)
-    for (size_t p = 0; p < params.size(); ++p) {
-      bool any = false;
-      for (int k = 0; k < K; ++k) any = any || params[p].in[k] != nullptr;
-      if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
-    }
+  if (!accumulate) zero_unreached(params, out, K);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   int64_t offset = 0;
   for (const auto& g : wl.groups) {
@@ -160,10 +165,7 @@ void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>
 
 void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                      c10::string_view rule, int64_t trim, const std::optional<at::Tensor>& leak, bool accumulate) {
-  int code = -1;
-  for (int r = 0; r < kNumCoordinateRules; ++r)
-    if (rule == kCoordinateRuleNames[r]) code = r;
-  TORCH_CHECK(code >= 0, "gh_kernels: rule must be 'trimmed-mean' or 'graddrop'; got '", std::string(rule), "'");
+  const int code = coordinate_rule_code(rule);
   TORCH_CHECK(code != kCoordinateTrimmedMean || (trim >= 0 && 2 * trim < num_sets), "gh_kernels: trim must satisfy "
               "0 <= 2 * trim < ", num_sets, "; got ", trim);
   if (out.empty()) return;
@@ -182,12 +184,7 @@ void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tenso
     lk = leak->to(at::kDouble).contiguous();
   }
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
-  if (!accumulate)  // parameters no set has: TrimmedMean of zeros is zero
-    for (size_t p = 0; p < params.size(); ++p) {
-      bool any = false;
-      for (int k = 0; k < num_sets; ++k) any = any || params[p].in[k] != nullptr;
-      if (!any && params[p].numel > 0) (params[p].out_target.defined() ? params[p].out_temp : out[p]).zero_();
-    }
+  if (!accumulate) zero_unreached(params, out, num_sets);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   int64_t offset = 0;
   for (const auto& g : wl.groups) {

@@ -28,6 +28,13 @@ inline int method_code(c10::string_view method) {
   TORCH_CHECK(false, "gh_kernels: method must be one of 'sum', 'gh', 'gh++', 'gh++released'; got '", std::string(method), "'");
 }
 
+// The code of a per-coordinate rule name (gh::CoordinateRule), or an error naming it.
+inline int coordinate_rule_code(c10::string_view rule) {
+  for (int r = 0; r < kNumCoordinateRules; ++r)
+    if (rule == kCoordinateRuleNames[r]) return r;
+  TORCH_CHECK(false, "gh_kernels: rule must be 'trimmed-mean' or 'graddrop'; got '", std::string(rule), "'");
+}
+
 struct FlatParam {
   int64_t numel = 0;
   at::ScalarType dtype = at::kFloat;

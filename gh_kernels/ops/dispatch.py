@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import backends
+from .constants import MAX_SETS
 from .validate import TensorOrNone, flatten_sets
 
 
@@ -45,6 +46,45 @@ def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.d
         name = backends.resolve(backend, device, K)
         backends.kernel(name, "combine_")(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
     return out
+
+
+def cross_gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend: Optional[str]) -> torch.Tensor:
+    """NOTE: [Cross-batch Gram]: ``J_1 J_2^T`` (K x K) for 2K validated sets (batch 1's K, then batch 2's), from
+    gram calls of at most the kernels' MAX_SETS sets: one call when 2K fits, else one per pair of task blocks
+    (MAX_SETS / 2 tasks of each batch), whose off-diagonal blocks are the cross matrix's."""
+    K = len(sets) // 2
+    name = backends.resolve(backend, device, K)
+    limit = backends.BACKENDS[name].max_sets
+    if limit is None or 2 * K <= limit:
+        return gram(sets, device, name)[:K, K:]
+    half = limit // 2
+    rows = []
+    for a in range(0, K, half):
+        first = sets[a:min(a + half, K)]
+        row = []
+        for b in range(0, K, half):
+            second = sets[K + b:K + b + half]
+            row.append(gram(list(first) + list(second), device, name)[:len(first), len(first):])
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def combine_sets(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device, out: List[torch.Tensor],
+                 accumulate: bool, backend: Optional[str]) -> None:
+    """:func:`combine` into a validated ``out`` for any number of sets: above the kernels' MAX_SETS, one call per
+    block of sets (the later ones accumulating), unless an ``out`` tensor is an input of a later block (it
+    would be read after being written): then one call on the torch backend."""
+    name = backends.resolve(backend, device, min(len(sets), MAX_SETS))
+    limit = backends.BACKENDS[name].max_sets
+    if limit is None or len(sets) <= limit:
+        combine(w, sets, device, out, accumulate, name)
+        return
+    later = {id(t) for s in sets[limit:] for t in s if t is not None}
+    if any(id(o) in later for o in out):
+        combine(w, sets, device, out, accumulate, "torch")
+        return
+    for start in range(0, len(sets), limit):
+        combine(w[start:start + limit], sets[start:start + limit], device, out, accumulate or start > 0, name)
 
 
 def coordinate(rule, sets: Sequence[List[TensorOrNone]], device: torch.device, out: Optional[List[torch.Tensor]],

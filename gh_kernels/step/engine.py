@@ -71,6 +71,9 @@ class Engine:
         self.local = distributed.local if any(type(p).__name__ == "DTensor" for p in self.params) else None
         self.device = distributed.local(self.params[0]).device
         checks.check_sync(sync)
+        if sync == "sharded" and getattr(method, "reads_gradients", False):
+            raise ValueError(f"sync='sharded' cannot run {type(method).__name__}: its proxies are sums over every gradient "
+                             "element, which sharded ranks hold in parts (use sync='global' or 'local')")
         backends.resolve(backend, self.device, 2)  # an unusable backend fails here
         self.mode, self.backend, self.sync, self.process_group = mode, backend, sync, process_group
         checks.allow_repeated_backward()  # NOTE: [Donated buffers]
@@ -112,7 +115,7 @@ class Engine:
              second_losses: Optional[Sequence[torch.Tensor]] = None):
         """Steps 1-5 of the module docstring; returns ``(G, w)`` (w before ``scales``; both None for a
         per-coordinate method). ``second_losses``: the same K losses on a second, independent batch, for a
-        cross-batch method (NOTE: [Cross-batch Gram]): 2K backward passes, G is 2K x 2K."""
+        cross-batch method (NOTE: [Cross-batch Gram]): 2K backward passes, G is the K x K cross matrix."""
         cross_batch = second_losses is not None
         if cross_batch:
             losses = list(losses) + list(second_losses)

@@ -14,10 +14,12 @@ registry that resolves a ``method=`` argument for every entry point (``weights``
   function of G: they run one fused pass over the gradient sets instead of Gram and combine.
 
 NOTE: [Cross-batch Gram]: MoDo and SDMGrad weigh from ``A = J_1 J_2^T`` (two independent batches).
-A plan for them takes 2K gradient sets (batch 1's K, then batch 2's), computes the 2K x 2K Gram
-matrix in one fused pass, solves on its block ``G[:K, K:]`` and combines all 2K sets with
-``(w, w) / 2``: the gradient of the mean of both batches' weighted losses. ``Weighting.num_sets`` is
-then 2K and ``Weighting.combine_weights`` maps the K weights to the 2K the combine takes.
+A plan for them takes 2K gradient sets (batch 1's K, then batch 2's) and computes A with the fused
+Gram kernel: one pass over the 2K sets when they fit its MAX_SETS (K <= 4), else one pass per pair of
+task blocks (``ops/dispatch.cross_gram``); it solves on A and combines all 2K sets with ``(w, w) / 2``
+(one combine, or one per block of MAX_SETS sets): the gradient of the mean of both batches' weighted
+losses. The ``gram`` a call returns is A. ``Weighting.num_sets`` is then 2K and
+``Weighting.combine_weights`` maps the K weights to the 2K the combine takes.
 
 :func:`resolve` checks a method and all its inputs up front -- K, every option (finite, in range,
 of the right shape and device), ``backend=`` -- and returns a :class:`Weighting`, so nothing is
@@ -60,10 +62,13 @@ MAX_TASKS = 12
 
 Method = Union[str, StatefulMethod]
 
-#: The multi-task methods' names; GradVac and NashMTL are objects (state across steps).
+#: The multi-task methods' names (the Gram-based rules, then the per-coordinate ones); the stateful methods are
+#: objects (STATEFUL_METHODS).
 MULTITASK_METHODS = tuple(_rules.RULES) + COORDINATE_METHODS
 STATEFUL = {"gradvac": GradVac, "nash-mtl": NashMTL, "pcd": PCD, "cr-mogm": CRMOGM, "modo": MoDo, "sdmgrad": SDMGrad,
             "excess-mtl": ExcessMTL}
+#: The stateful methods' classes (passed as objects: ``method=gh_kernels.PCD()``).
+STATEFUL_METHODS = tuple(STATEFUL.values())
 #: How the objects are named in errors.
 _OBJECTS = "a gh_kernels.GradVac / NashMTL / PCD / CRMOGM / MoDo / SDMGrad / ExcessMTL object"
 
@@ -106,7 +111,7 @@ class Weighting:
     neutral: float = 1.0
     stateful: Optional[StatefulMethod] = None
     backend: Optional[str] = None
-    cross_batch: bool = False          # NOTE: [Cross-batch Gram]: G is 2K x 2K, the solve uses G[:K, K:]
+    cross_batch: bool = False          # NOTE: [Cross-batch Gram]: 2K sets, the solve on J_1 J_2^T
     coordinate: Optional[CoordinateRule] = None  # a per-coordinate method: no Gram matrix, no weights
 
     @property
@@ -124,7 +129,7 @@ class Weighting:
         if self.coordinate is not None:
             raise ValueError(f"method {self.name!r} works per coordinate: it has no weights from a Gram matrix "
                              "(use aggregate or MultiTaskHarmonizer)")
-        if self.cross_batch:
+        if self.cross_batch and G.shape[0] == 2 * self.num_tasks:  # a 2K x 2K Gram: its cross block
             K = self.num_tasks
             G = G[:K, K:]
         if self.gh_code is not None:
@@ -141,7 +146,20 @@ class Weighting:
                 w, state = self.stateful.propose(G)
             return w.to(dtype), Pending(lambda: self.stateful.commit(state), rollback)
         rollback = _generator_guard(self.options.get("generator"))
-        return _rules.solve(G, self.rule, self.neutral, self.options).to(dtype), Pending(rollback=rollback)
+        return _rules.solve(G, self.rule, self.neutral, self._options_on(G.device)).to(dtype), Pending(rollback=rollback)
+
+    def _options_on(self, device: torch.device) -> dict:
+        """The options with their tensors (``pref_vector``) on ``device``, copied once per device: a
+        host-to-device copy per step would wait for the GPU. Not cached while tracing."""
+        if not any(isinstance(v, torch.Tensor) for v in self.options.values()):
+            return self.options
+        move = lambda: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.options.items()}  # noqa: E731
+        if tracing():
+            return move()
+        cache = self.__dict__.setdefault("_on_device", {})
+        if str(device) not in cache:
+            cache[str(device)] = move()
+        return cache[str(device)]
 
     def __call__(self, G: torch.Tensor) -> torch.Tensor:
         """Solve and commit at once (the caller has nothing else that could fail)."""
@@ -221,6 +239,10 @@ def _check_any_k(method: Method, options: dict, where: str, backend: Optional[st
                              f"{', '.join(options)}")
     elif method in METHOD_CODES and method != "sum":
         resolve(method, 2, options, where=where, backend=backend)
+    elif method == "krum":  # the smallest K its options allow (a bad count is named by the check itself)
+        f, m = options.get("n_byzantine", 0), options.get("n_selected", 1)
+        K = max(f + 3 if isinstance(f, int) else 3, m if isinstance(m, int) else 3)
+        resolve(method, min(max(K, 3), MAX_TASKS), options, where=where, backend=backend)
     elif method in COORDINATE_METHODS:  # the smallest K the options allow
         trim, leak = options.get("trim_number", 0), options.get("leak")
         K = 2 * trim + 1 if isinstance(trim, int) and not isinstance(trim, bool) and trim >= 0 else 2
@@ -301,5 +323,6 @@ def _check_pref(method: str, p, K: int) -> torch.Tensor:
     return p.detach().to(torch.float64)
 
 
-__all__ = ["GradVac", "NashMTL", "PCD", "CRMOGM", "MoDo", "SDMGrad", "ExcessMTL", "StatefulMethod", "MULTITASK_METHODS", "STATEFUL", "MAX_TASKS", "Method", "Pending",
+__all__ = ["GradVac", "NashMTL", "PCD", "CRMOGM", "MoDo", "SDMGrad", "ExcessMTL", "StatefulMethod", "MULTITASK_METHODS",
+           "STATEFUL_METHODS", "STATEFUL", "MAX_TASKS", "Method", "Pending",
            "Weighting", "resolve", "weights_dtype", "check_backend_name"]

@@ -70,7 +70,7 @@ class CRMOGM(StatefulMethod):
         inner = inner.to(torch.float64)
         old = self._current("lam", G.device)
         if old is None:
-            old = inner if self.initial_weights is None else self.initial_weights.to(G.device)
+            old = inner if self.initial_weights is None else self._option_on("initial_weights", self.initial_weights, G.device)
         smoothed = self.alpha * old + (1.0 - self.alpha) * inner
         return torch.where(finite, smoothed, inner), {"lam": torch.where(finite, smoothed, old), "inner": pending}
 

@@ -107,7 +107,7 @@ class SDMGrad(CrossBatchMethod):
         A64, finite = _finite_or_identity(A)
         old = self._start(K, A.device)
         pref = (torch.full((K,), 1.0 / K, dtype=torch.float64, device=A.device) if self.pref_vector is None
-                else self.pref_vector.to(A.device))
+                else self._option_on("pref_vector", self.pref_vector, A.device))
         scale = A64.diagonal().clamp_min(0.0).sqrt().mean()
         a = A64 / (scale * scale + 1e-8)
         w, velocity = old, None

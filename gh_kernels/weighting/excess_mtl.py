@@ -8,8 +8,9 @@ proxy is), ``E_i`` is divided by the baseline (+ 1e-7) and the weights take an e
 step ``w <- softmax(log w + robust_step_size * E)`` (eq. 9) from 1/K.
 
 Cost: S has one entry per task and gradient element -- K times the model's gradient memory, as in
-torchjd -- and a step proposes a new S (the old one is freed when the step commits: NOTE: [State
-changes after success]). The proxies are foreach ops over the K x P tensors (no stacked copy).
+torchjd -- and a second such buffer: a step writes its new S there and a commit swaps the two
+(NOTE: [Two sum buffers]; NOTE: [State changes after success]). The proxies are foreach ops over the
+K x P tensors (no stacked copy), with one temporary the size of one task's gradients.
 Everything stays on the device: the warmup and baseline branches are picked with ``torch.where``.
 """
 from __future__ import annotations
@@ -50,23 +51,40 @@ class ExcessMTL(StatefulMethod):
 
     @torch.no_grad()
     def propose_from_sets(self, G: torch.Tensor, flat: Sequence[Optional[torch.Tensor]], K: int) -> Tuple[torch.Tensor, State]:
-        """The step's weights and new state from the K gradient sets (``flat``: set-major, K * P tensors)."""
+        """The step's weights and new state from the K gradient sets (``flat``: set-major, K * P tensors).
+        NOTE: [Two sum buffers]: the new sums are written into a second set of buffers (allocated once), not
+        into the state, which a failed call must leave as it was; a commit swaps the two. Every pass is a
+        foreach op over the lists: no per-step allocation of the K x N sums."""
         device = G.device
         old_sums: List[Optional[torch.Tensor]] = list(self.sq_grad_sum) if self.sq_grad_sum is not None else [None] * len(flat)
         if len(old_sums) != len(flat):
             raise ValueError(f"this ExcessMTL holds the squared-gradient sums of {len(old_sums) // K} parameters; got "
                              f"{len(flat) // K}. Call reset() to start over with another parameter list")
         present = [i for i, t in enumerate(flat) if t is not None and t.numel()]
-        grads = [flat[i] for i in present]
-        squares = torch._foreach_mul(grads, grads)
-        sums = [s if old_sums[i] is None else old_sums[i] + s for i, s in zip(present, squares)]
-        ratios = torch._foreach_div(squares, torch._foreach_sqrt(torch._foreach_add(sums, EPS)))
-        totals = torch._foreach_norm(ratios, 1) if ratios else []  # ratios >= 0: the L1 norm is the sum
+        spare = self._spare_like(flat, present)
+        grads, new = [flat[i] for i in present], [spare[i] for i in present]
+        if grads:
+            torch._foreach_copy_(new, grads)
+            torch._foreach_mul_(new, grads)                       # g^2
+            with_old = [j for j, i in enumerate(present) if old_sums[i] is not None]
+            if with_old:
+                torch._foreach_add_([new[j] for j in with_old], [old_sums[present[j]] for j in with_old])  # S + g^2
         P = len(flat) // K
-        proxy = torch.zeros(K, dtype=torch.float64, device=device)
-        if present:
-            task = torch.tensor([i // P for i in present], device=device)
-            proxy = proxy.index_add(0, task, torch.stack(totals).to(torch.float64))
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        proxies = []
+        for k in range(K):  # per task: one temporary the size of one gradient set
+            members = [j for j, i in enumerate(present) if i // P == k]
+            if not members:
+                proxies.append(zero)
+                continue
+            ratio = torch._foreach_add([new[j] for j in members], EPS)
+            torch._foreach_sqrt_(ratio)
+            torch._foreach_reciprocal_(ratio)
+            torch._foreach_mul_(ratio, [grads[j] for j in members])
+            torch._foreach_mul_(ratio, [grads[j] for j in members])  # g^2 / sqrt(S + g^2 + eps)
+            proxies.append(torch.stack(torch._foreach_norm(ratio, 1)).to(torch.float64).sum())  # ratios >= 0
+            del ratio
+        proxy = torch.stack(proxies)
         lam, baseline, warmup_sum, steps = (self._current(key, device) for key in self.STATE[:4])
         if lam is None:
             lam = torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
@@ -86,13 +104,39 @@ class ExcessMTL(StatefulMethod):
         stepped = torch.softmax(lam.log() + scaled * self.robust_step_size, dim=0)
         new_lam = torch.where(in_warmup, lam, stepped)
         new_sums = list(old_sums)
-        for i, s in zip(present, sums):
-            new_sums[i] = s
-        keep = lambda new, old: torch.where(finite, new, old)  # noqa: E731
+        for j, i in enumerate(present):  # a non-finite step keeps the old sums (selected on the device)
+            old = old_sums[i]
+            new_sums[i] = torch.where(finite, new[j], torch.zeros((), dtype=new[j].dtype, device=device) if old is None else old,
+                                      out=new[j])
+        keep = lambda new_value, old_value: torch.where(finite, new_value, old_value)  # noqa: E731
         state = {"lam": keep(new_lam, lam), "baseline": keep(new_baseline, baseline),
                  "warmup_sum": keep(new_warmup_sum, warmup_sum), "n_steps": keep(steps + 1, steps),
-                 "sq_grad_sum": _where_list(finite, new_sums, old_sums)}
+                 "sq_grad_sum": new_sums}
         return torch.where(finite, new_lam, torch.full_like(lam, 1.0 / K)), state
+
+    def _spare_like(self, flat, present) -> List[Optional[torch.Tensor]]:
+        """NOTE: [Two sum buffers]: the buffers the next sums are written into (allocated on first use, and
+        again when a gradient's shape, dtype or device changed)."""
+        spare = self.__dict__.get("_spare")
+        if spare is None or len(spare) != len(flat):
+            spare = [None] * len(flat)
+        for i in present:
+            t, buf = flat[i], spare[i]
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device or \
+                    (self.sq_grad_sum is not None and self.sq_grad_sum[i] is buf):
+                spare[i] = torch.empty_like(t, memory_format=torch.contiguous_format)
+        self._spare = spare
+        return spare
+
+    def commit(self, state: State) -> None:
+        previous = self.sq_grad_sum
+        super().commit(state)
+        if previous is not None:  # the old sums become the next step's buffers
+            self._spare = [p if p is not None and p is not n else None for p, n in zip(previous, self.sq_grad_sum)]
+
+    def reset(self) -> None:
+        super().reset()
+        self._spare = None
 
     def state_dict(self) -> dict:
         sums = self.sq_grad_sum
@@ -115,14 +159,3 @@ class ExcessMTL(StatefulMethod):
         self.sq_grad_sum = None if sums is None else [None if t is None else t.detach().clone() for t in sums]
 
 
-def _where_list(condition: torch.Tensor, new: List[Optional[torch.Tensor]], old: List[Optional[torch.Tensor]]):
-    """``new`` where ``condition`` (a 0-dim device bool), else ``old``, entry by entry (no host read)."""
-    out = []
-    for n, o in zip(new, old):
-        if n is None or n is o:
-            out.append(o)
-        elif o is None:  # the first sum of a non-finite step: the zeros it stands for
-            out.append(torch.where(condition, n, torch.zeros((), dtype=n.dtype, device=n.device), out=n))
-        else:  # in place into the new sum: no third copy
-            out.append(torch.where(condition, n, o, out=n))
-    return out

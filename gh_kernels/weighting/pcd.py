@@ -87,12 +87,12 @@ class PCD(StatefulMethod):
         if old_ema is None:
             old_ema = torch.zeros(K, dtype=torch.float64, device=device)
             old_steps = torch.zeros((), dtype=torch.int64, device=device)
-        taus = (self.tau.to(device) if isinstance(self.tau, torch.Tensor)
+        taus = (self._option_on("tau", self.tau, device) if isinstance(self.tau, torch.Tensor)
                 else torch.full((K - 1,), self.tau, dtype=torch.float64, device=device))
         sq_norms = G64.diagonal()
         ema = self.beta * old_ema + (1.0 - self.beta) * sq_norms
         steps = old_steps + 1
-        debiased = ema / (1.0 - torch.pow(torch.tensor(self.beta, dtype=torch.float64, device=device), steps.double()))
+        debiased = ema / (1.0 - torch.pow(self.beta, steps.double()))  # no host tensor: nothing copied per step
         denominators = (debiased + self.eps).sqrt()
         scales = torch.where(denominators > 0, 1.0 / torch.where(denominators > 0, denominators, torch.ones_like(denominators)),
                              torch.zeros_like(denominators))

@@ -253,7 +253,7 @@ def fairgrad(G, *, gram_dtype, alpha: float = 1.0):
 
 
 #: name -> rule. A rule is ``rule(G, *, gram_dtype, **options)`` on a float64 K x K Gram matrix; its keyword
-#: parameters (other than ``gram_eps``, the rounding unit of the Gram matrix's own dtype) are the options
+#: parameters (other than ``gram_dtype``, the Gram matrix's own dtype, for its rounding unit) are the options
 #: it takes, with their defaults. The registry (``weighting/__init__.py``) reads them from the signature.
 RULES: Dict[str, Callable] = {
     "mean": mean, "sum": sum_, "pcgrad": pcgrad, "mgda": mgda, "cagrad": cagrad, "imtl-g": imtl_g,

@@ -86,11 +86,19 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     # The objective is not smooth where J^T w = 0 (0 in the hull of the gradients): that optimum is no
     # stationary point of any support, so the min-norm point of the simplex joins the candidates; where
     # its norm is 0 its objective is b^T w = 0, the optimum, and elsewhere it loses to a smooth candidate.
-    # ``noise``: the rounding level of w^T G w (the Gram matrix's own dtype); a norm within it counts as 0,
-    # and the min-norm point comes first, so it wins a tie at that level.
+    # ``noise``: the rounding level of w^T G w (the Gram matrix's own dtype). When the min-norm point's
+    # w^T G w is within it (a kink, up to rounding), every candidate near the kink has an objective known
+    # only to radius * sqrt(noise), and such a candidate's J^T w is rounding debris that the weights
+    # would amplify to full length: the kink wins every tie within that. (Subtracting the noise from every
+    # candidate's w^T G w instead undercounted the penalty of candidates just above it, which then won on
+    # rank-deficient float32 Grams, with conflicting updates.)
     W = torch.cat((min_norm_simplex(G)[None], W))
-    quad = (torch.einsum("si,ij,sj->s", W, G, W) - noise).clamp_min(0.0)
+    quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
+    best = torch.where(torch.isnan(objective), torch.full_like(objective, float("inf")), objective).min()
+    first = torch.arange(W.shape[0], device=W.device) == 0
+    kink = (quad[0] <= noise) & (objective[0] <= best + radius * noise ** 0.5)
+    objective = torch.where(first & kink, torch.full_like(objective, -float("inf")), objective)
     return argmin_candidates(W, objective)
 
 

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .linalg import eye
+from .linalg import eye, tracing
 from .rules import visiting_order
 from .solvers import positive_root
 
@@ -92,6 +92,17 @@ class StatefulMethod:
         w, state = self.propose(G)
         self.commit(state)
         return w.to(torch.float64 if G.dtype == torch.float64 else torch.float32)  # NOTE: [Weights dtype]
+
+    def _option_on(self, name: str, value: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """An option tensor (kept on the CPU) on ``device``, copied once per device: a host-to-device copy per
+        step would wait for the GPU. Not cached while tracing (a fake tensor must not outlive its mode)."""
+        if tracing():
+            return value.to(device)
+        cache = self.__dict__.setdefault("_options_on", {})
+        key = (name, str(device))
+        if key not in cache:
+            cache[key] = value.to(device)
+        return cache[key]
 
     def _current(self, key: str, device: torch.device) -> Optional[torch.Tensor]:
         value = getattr(self, key)
