@@ -130,16 +130,28 @@ def extra_memory_mb(fn, device) -> float:
     return memory.peak_mb() - base
 
 
-def run(lists, Ks, methods, scale, min_time, device):
+def too_large(method: str, K: int, N: int, element_size: int) -> bool:
+    """torchjd's ExcessMTL holds a K x N state and about five K x N temporaries, ours two K x N buffers: at ViT-B
+    K = 8 that is more than this 24 GB machine has next to the lists (the run was killed)."""
+    if method != "excess-mtl" or not hasattr(os, "sysconf"):
+        return False
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 9 * K * N * element_size > 0.7 * total
+
+
+def run(lists, Ks, methods, scale, min_time, device, on_row=None):
     rows = []
     for kind in lists:
         for K in Ks:
             sets, out = make_lists(kind, K, scale, device)
-            second = [[t.flip(0) for t in s] for s in sets] if any(m in CROSS_BATCH for m in methods) else None
             N = sum(t.numel() for t in out)
             for method in methods:
                 if method == "krum" and K < 3:  # Krum needs K >= n_byzantine + 3
                     continue
+                if too_large(method, K, N, out[0].element_size()):
+                    print(f"{kind:9s} K={K} {method}: skipped (about {9 * K * N * out[0].element_size() / 1e9:.0f} GB; see too_large)")
+                    continue
+                second = [[t.flip(0) for t in s] for s in sets] if method in CROSS_BATCH else None
                 fns = providers(method, sets, out, second)
                 mem = {name: extra_memory_mb(fn, device) for name, fn in fns.items()}
                 samples = timing.interleaved(fns, device, min_time, min_rounds=3, sample_s=0.0)
@@ -153,7 +165,10 @@ def run(lists, Ks, methods, scale, min_time, device):
                     rows.append(row)
                     print(f"{kind:9s} K={K} {method:7s} {name:10s} {row['median_ms']:9.1f} ms  extra {mem[name]:8.1f} MB"
                           + (f"  gh_kernels {row['gh_speedup']:.2f}x faster" if "gh_speedup" in row else ""), flush=True)
-            del sets, out, second
+                del fns, second
+                if on_row is not None:
+                    on_row(rows)  # results on disk as they come: a killed run keeps what it measured
+            del sets, out
     return rows
 
 
@@ -231,18 +246,22 @@ def main(argv=None):
     Ks = tuple(int(k) for k in args.ks.split(",")) if args.ks else Ks
     min_time = args.min_time if args.min_time is not None else min_time
     before = timing.machine_load()
-    rows = run(tuple(args.lists.split(",")), Ks, methods, scale, min_time, device)
-    solves = solver_rows((3,) if args.smoke else (2, 8) if args.quick else (2, 4, 8), device,
-                         rounds=1 if args.smoke else 5 if args.quick else 200)
-    note = (f"{torch.__version__}, {os.cpu_count()} CPU threads, float32 gradients; "
-            + timing.load_note(before, timing.machine_load()))
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"multitask-{device.type}-{datetime.date.today().isoformat()}")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "multitask.json"), "w") as f:
-        json.dump({"rows": rows, "solves": solves}, f, indent=1)
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(summary(rows, solves, device.type, note))
+
+    def write(rows, solves=(), partial=True):
+        note = (f"{torch.__version__}, {os.cpu_count()} CPU threads, float32 gradients; "
+                + timing.load_note(before, timing.machine_load()) + ("; PARTIAL: the run is still going" if partial else ""))
+        with open(os.path.join(out, "multitask.json"), "w") as f:
+            json.dump({"rows": rows, "solves": list(solves)}, f, indent=1)
+        with open(os.path.join(out, "summary.md"), "w") as f:
+            f.write(summary(rows, list(solves), device.type, note))
+
+    rows = run(tuple(args.lists.split(",")), Ks, methods, scale, min_time, device, on_row=write)
+    solves = solver_rows((3,) if args.smoke else (2, 8) if args.quick else (2, 4, 8), device,
+                         rounds=1 if args.smoke else 5 if args.quick else 200)
+    write(rows, solves, partial=False)
     print("wrote", out)
     return out
 

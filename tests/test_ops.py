@@ -36,6 +36,18 @@ def sample_inputs(op, device, gen):
             out = on([make_set([7, (3, 5), 1, 33], dtype, gen)], device)[0]
             mask = torch.tensor([True, False, True, True]) if masked else None
             cases.append((out, g1 + g2, mask, "gh++", 0.3, 0.5, 2.0, accumulate))
+    elif op == "coordinate_":
+        for rule, K, dtype, trim, accumulate in (("trimmed-mean", 3, torch.float32, 1, False), ("trimmed-mean", MAX_SETS, torch.bfloat16, 3, True),
+                                                 ("trimmed-mean", 2, torch.float64, 0, False), ("graddrop", 3, torch.float32, 0, False),
+                                                 ("graddrop", MAX_SETS - 1, torch.float16, 0, True)):
+            sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
+            sets[0][1] = None
+            leak = None
+            if rule == "graddrop":
+                sets.append(on([[torch.rand(t.shape, generator=gen).to(dtype) for t in make_set(sizes, dtype, gen)]], device)[0])
+                leak = (torch.rand(K, generator=gen) * 0.5).to(device)
+            out = on([make_set(sizes, dtype, gen)], device)[0]
+            cases.append((out, [t for s in sets for t in s], len(sets), rule, trim, leak, accumulate))
     else:  # combine_
         for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False),
                                      (2, torch.float64, False), (MAX_SETS, torch.float32, True)):
@@ -64,13 +76,30 @@ def reference(op, args):
         w = weights_reference(G, method, kappa)
         return G, w, combine_reference(w * torch.tensor([s1, s2], dtype=torch.float64), [g1, g2],
                                        out_init=[o.cpu() for o in out] if accumulate else None)
+    if op == "coordinate_":
+        out, tensors, num_sets, rule, trim, leak, accumulate = args
+        P = len(out)
+        result = []
+        for p in range(P):
+            rows = torch.stack([torch.zeros(out[p].shape, dtype=torch.float64) if tensors[k * P + p] is None
+                                else tensors[k * P + p].cpu().double() for k in range(num_sets)])
+            if rule == "trimmed-mean":
+                y = rows.sort(dim=0).values[trim:num_sets - trim].mean(dim=0)
+            else:  # the float64 GradDrop: the last row is the draws
+                g, u = rows[:-1], rows[-1]
+                purity = 0.5 * (1 + g.sum(0) / g.abs().sum(0))
+                kept = ((purity > u) & (g > 0)) | ((purity < u) & (g < 0))
+                lk = leak.cpu().double().view(-1, *[1] * (g.dim() - 1))  # one leak per set (row)
+                y = ((lk + (1 - lk) * kept) * g).sum(0)
+            result.append(y + (out[p].cpu().double() if accumulate else 0))
+        return result
     out, tensors, K, w, accumulate = args
     P = len(out)
     sets = [on([tensors[k * P:(k + 1) * P]], "cpu")[0] for k in range(K)]
     return combine_reference(w.cpu(), sets, out_init=[o.cpu() for o in out] if accumulate else None)
 
 
-OPS = ("gram", "weights", "combine_", "harmonize_")
+OPS = ("gram", "weights", "combine_", "harmonize_", "coordinate_")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -85,7 +114,7 @@ def test_op_matches_reference(op, device, backend, gen):
             torch.testing.assert_close(result[0].cpu().double(), G_ref, rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(result[1].cpu().double(), w_ref, rtol=1e-4, atol=1e-5)
             expected, result = out_ref, None
-        if op in ("combine_", "harmonize_"):
+        if op in ("combine_", "harmonize_", "coordinate_"):
             for o, r in zip(args[0], expected):
                 torch.testing.assert_close(o.cpu().double(), r, rtol=2e-2, atol=2e-2)
         else:
@@ -106,7 +135,7 @@ def test_op_under_compile(op, device, backend, gen):
     torch._dynamo.reset()
     kernel = backends.kernel(backend, op)
     args = sample_inputs(op, device, gen)[0]
-    if op in ("combine_", "harmonize_"):
+    if op in ("combine_", "harmonize_", "coordinate_"):
         out_eager = [t.clone() for t in args[0]]
         kernel(out_eager, *args[1:])
         torch.compile(kernel, fullgraph=True, backend="aot_eager")(*args)

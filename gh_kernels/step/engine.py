@@ -202,7 +202,7 @@ class Engine:
             G = self._gram(sets, shared, device)
             w, pending = weighting.solve(G, flatten_sets([[t if m else None for t, m in zip(s, shared)] for s in sets]))
             applied = weighting.combine_weights(scaled(w, scales))
-            weighted = lambda sub, outs, acc: dispatch.combine(applied, sub, device, outs, acc, self.backend)  # noqa: E731
+            weighted = lambda sub, outs, acc: dispatch.combine_sets(applied, sub, device, outs, acc, self.backend)  # noqa: E731
         else:  # one per-coordinate pass per group: no Gram matrix, no weights
             G = w = None
             pending = Pending(rollback=_generator_guard(coordinate.generator))
@@ -224,10 +224,13 @@ class Engine:
     def _gram(self, sets, shared: List[bool], device) -> torch.Tensor:
         index = [i for i, s in enumerate(shared) if s]
         sub = [[s[i] for i in index] for s in sets]
-        if any(t is not None and t.numel() > 0 for s in sub for t in s):
-            G = dispatch.gram(sub, device, self.backend)
+        size = len(sets) // 2 if self._cross else len(sets)
+        if not any(t is not None and t.numel() > 0 for s in sub for t in s):
+            G = torch.zeros(size, size, dtype=result_dtype([t for s in sets for t in s]), device=device)
+        elif self._cross:  # NOTE: [Cross-batch Gram]
+            G = dispatch.cross_gram(sub, device, self.backend)
         else:
-            G = torch.zeros(len(sets), len(sets), dtype=result_dtype([t for s in sets for t in s]), device=device)
+            G = dispatch.gram(sub, device, self.backend)
         if self.sync == "sharded":
             G = distributed.all_reduce_sum_(G.contiguous(), self.process_group)  # every rank, even with an empty shard
         return G
