@@ -166,15 +166,8 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     w, pending = weighting.solve(G, flatten_sets(sets))
     try:
         applied = weighting.combine_weights(w)
-        if weighting.cross_batch:
-            if out is None:
-                out = _dispatch.new_outs(sets)
-            present = [p for p, o in enumerate(out) if o is not None]
-            sub = [[s[p] for p in present] for s in sets]
-            _op_call(every, out, lambda: _dispatch.combine_sets(applied, sub, device, [out[p] for p in present], False,
-                                                                backend), names)
-        else:
-            out = _op_call(every, out, lambda: _dispatch.combine(applied, sets, device, out, False, backend), names)
+        combine_op = _dispatch.combine_sets if weighting.cross_batch else _dispatch.combine  # 2K sets: in blocks
+        out = _op_call(every, out, lambda: combine_op(applied, sets, device, out, False, backend), names)
         if fake_kernel_ran(G, device):
             _name_refusal(every, out, names)
     except BaseException:

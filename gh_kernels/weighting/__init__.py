@@ -47,7 +47,7 @@ import torch
 from ..ops.constants import METHODS
 from . import rules as _rules
 from .gh import METHOD_CODES, check_method
-from .linalg import tracing
+from .linalg import cached, tracing
 from .coordinate import COORDINATE_METHODS, CoordinateRule
 from .coordinate import check as _check_coordinate
 from .crmogm import CRMOGM
@@ -150,16 +150,11 @@ class Weighting:
 
     def _options_on(self, device: torch.device) -> dict:
         """The options with their tensors (``pref_vector``) on ``device``, copied once per device: a
-        host-to-device copy per step would wait for the GPU. Not cached while tracing."""
+        host-to-device copy per step would wait for the GPU (:func:`~.linalg.cached`)."""
         if not any(isinstance(v, torch.Tensor) for v in self.options.values()):
             return self.options
-        move = lambda: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.options.items()}  # noqa: E731
-        if tracing():
-            return move()
-        cache = self.__dict__.setdefault("_on_device", {})
-        if str(device) not in cache:
-            cache[str(device)] = move()
-        return cache[str(device)]
+        return cached(self.__dict__.setdefault("_on_device", {}), str(device),
+                      lambda: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.options.items()})
 
     def __call__(self, G: torch.Tensor) -> torch.Tensor:
         """Solve and commit at once (the caller has nothing else that could fail)."""

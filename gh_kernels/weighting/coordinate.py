@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import backends
-from .linalg import tracing
+from .linalg import cached, tracing
 
 COORDINATE_METHODS = ("trimmed-mean", "graddrop")
 
@@ -65,15 +65,8 @@ class CoordinateRule:
         if self.name == "graddrop":
             flat = list(flat) + self.draws(out, device)
             acc = torch.float64 if any(o.dtype == torch.float64 for o in out) else torch.float32
-            key = (str(device), acc)
-            if key not in self._leak_on:  # not cached while tracing: a fake device tensor must not outlive its mode
-                value = (torch.zeros(K, dtype=acc, device=device) if self.leak is None
-                         else self.leak.to(device=device, dtype=acc))
-                if tracing():
-                    leak = value
-                else:
-                    self._leak_on[key] = value
-            leak = self._leak_on.get(key, leak)
+            leak = cached(self._leak_on, (str(device), acc), lambda: torch.zeros(K, dtype=acc, device=device)
+                          if self.leak is None else self.leak.to(device=device, dtype=acc))
         limit = backends.BACKENDS[backend].max_sets if backend in backends.BACKENDS else None
         if limit is not None and K + self.extra_sets > limit:
             raise ValueError(f"backend={backend!r} runs {self.name!r} for K <= {limit - self.extra_sets} (the draws are one "

@@ -46,13 +46,20 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
-def constant(key, build: Callable[[], object]):
-    """``build()``, cached under ``key`` (NOTE: [Device constants]). Read-only: callers must not write into it."""
+def cached(cache: dict, key, build: Callable[[], object]):
+    """``build()``, kept in ``cache`` under ``key``; built fresh while tracing (NOTE: [Device constants]).
+    Also what keeps an option tensor's device copy (made once, not every step: a host-to-device copy
+    waits for the GPU). Read-only: callers must not write into it."""
     if tracing():
         return build()
-    if key not in _constants:
-        _constants[key] = build()
-    return _constants[key]
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def constant(key, build: Callable[[], object]):
+    """``build()``, cached under ``key`` in the module's cache (NOTE: [Device constants])."""
+    return cached(_constants, key, build)
 
 
 def eye(K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .linalg import eye, tracing
+from .linalg import cached, eye
 from .rules import visiting_order
 from .solvers import positive_root
 
@@ -95,14 +95,8 @@ class StatefulMethod:
 
     def _option_on(self, name: str, value: torch.Tensor, device: torch.device) -> torch.Tensor:
         """An option tensor (kept on the CPU) on ``device``, copied once per device: a host-to-device copy per
-        step would wait for the GPU. Not cached while tracing (a fake tensor must not outlive its mode)."""
-        if tracing():
-            return value.to(device)
-        cache = self.__dict__.setdefault("_options_on", {})
-        key = (name, str(device))
-        if key not in cache:
-            cache[key] = value.to(device)
-        return cache[key]
+        step would wait for the GPU (:func:`~.linalg.cached`)."""
+        return cached(self.__dict__.setdefault("_options_on", {}), (name, str(device)), lambda: value.to(device))
 
     def _current(self, key: str, device: torch.device) -> Optional[torch.Tensor]:
         value = getattr(self, key)
