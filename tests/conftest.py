@@ -21,6 +21,21 @@ settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("explore", max_examples=1000, derandomize=False, **_COMMON)
 settings.load_profile(os.environ.get("GH_HYPOTHESIS_PROFILE", "ci"))
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (mutation check, long studies)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are skipped unless asked for: they are not part of the CI budget."""
+    if config.getoption("--run-slow") or os.environ.get("GH_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow or GH_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_generate_tests(metafunc):
     """Tests taking ``device`` and ``backend`` run on every (device, backend) pair available here;
     tests taking only ``backend`` run every backend on CPU tensors."""

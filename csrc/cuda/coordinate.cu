@@ -9,12 +9,18 @@ namespace gh {
 namespace cuda {
 namespace {
 
+// Values each thread keeps loaded (NOTE: [Vectors in flight]): the sort network and GradDrop's per-set
+// selects need registers of their own; with kUnroll = 4 vectors of 8 sets of 16-bit values in flight
+// (256 values) the kernels spilled up to 308 bytes per thread.
+constexpr int kCoordinateValuesInFlight = 64;
+
 // The mean of the S values without the `trim` smallest and largest: a compare-exchange sort in
 // registers (fully unrolled; equal values keep their order), the kept values summed in ascending order.
 template <int S, bool ACCUMULATE, typename A>
 struct TrimmedMeanFunctor {
   static constexpr bool kReadsOut = ACCUMULATE;
   static constexpr bool kWritesOut = true;
+  static constexpr int kMaxValuesInFlight = kCoordinateValuesInFlight;
   int trim;
   __device__ void operator()(const A (&x)[S], A& y) const {
     A v[S];
@@ -46,6 +52,7 @@ template <int S, bool ACCUMULATE, typename A>
 struct GradDropFunctor {
   static constexpr bool kReadsOut = ACCUMULATE;
   static constexpr bool kWritesOut = true;
+  static constexpr int kMaxValuesInFlight = kCoordinateValuesInFlight;
   A leak[S];
   __device__ void operator()(const A (&x)[S], A& y) const {
     constexpr int K = S - 1;

@@ -10,6 +10,7 @@
 // A is the accumulation type (Vec<T>::Acc: float32, float64 for double). x[k] is set k's element
 // (0 for a set without this gradient); y is out's element (0 when !kReadsOut). Every element is read before it is written, so out may be one of
 // the inputs (no __restrict__ on purpose).
+//   static constexpr int kMaxValuesInFlight;       // optional: NOTE: [Vectors in flight]
 #pragma once
 #include <type_traits>
 
@@ -17,6 +18,26 @@
 
 namespace gh {
 namespace cuda {
+
+// NOTE: [Vectors in flight] Each thread loads U vectors of every set before it computes (U = kUnroll:
+// memory-level parallelism), which holds U * K * V values in registers. A functor whose per-element work
+// needs many registers of its own (the per-coordinate sort network) declares kMaxValuesInFlight, and U
+// shrinks until U * K * V fits it (at least 1), so that no kernel spills (tools/check_cuda_registers.py).
+// Per-element results do not depend on U; the Gram functor declares no limit, so its summation order
+// (tests/cuda_emulated/driver.cpp, NOTE: [Kernel orders]) stays U = kUnroll.
+template <typename F, typename = void>
+struct MaxValuesInFlight {
+  static constexpr int value = 1 << 30;
+};
+template <typename F>
+struct MaxValuesInFlight<F, std::void_t<decltype(F::kMaxValuesInFlight)>> {
+  static constexpr int value = F::kMaxValuesInFlight;
+};
+template <typename F, int K, int V>
+struct UnrollOf {
+  static constexpr int fit = MaxValuesInFlight<F>::value / (K * V);
+  static constexpr int value = fit < 1 ? 1 : fit > kUnroll ? kUnroll : fit;
+};
 
 template <typename T, int K, typename Functor>
 __device__ __forceinline__ void for_each_element(const WorkItem& item, Functor& f) {
@@ -30,20 +51,21 @@ __device__ __forceinline__ void for_each_element(const WorkItem& item, Functor& 
   T* out = Functor::kWritesOut || Functor::kReadsOut ? static_cast<T*>(item.out) + item.start : nullptr;
   using A = typename Vec<T>::Acc;
   constexpr int V = Vec<T>::N;
+  constexpr int U = UnrollOf<Functor, K, V>::value;  // NOTE: [Vectors in flight]
   int64_t scalar_from = 0;
   if (item.aligned) {
     const int64_t nvec = item.len / V;
     int64_t v = threadIdx.x;
-    for (; v + (kUnroll - 1) * kThreads < nvec; v += kUnroll * kThreads) {
-      A buf[kUnroll][K][V], y[kUnroll][V];
+    for (; v + (U - 1) * kThreads < nvec; v += U * kThreads) {
+      A buf[U][K][V], y[U][V];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {  // every load of the unrolled group first: kUnroll vectors in flight
+      for (int u = 0; u < U; ++u) {  // every load of the unrolled group first: U vectors in flight
 #pragma unroll
         for (int k = 0; k < K; ++k) Vec<T>::load(x[k] + (v + u * kThreads) * V, buf[u][k]);
         if (Functor::kReadsOut) Vec<T>::load(out + (v + u * kThreads) * V, y[u]);
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < U; ++u) {
 #pragma unroll
         for (int e = 0; e < V; ++e) {
           A val[K];

@@ -10,7 +10,7 @@
 #include <map>
 #include <vector>
 
-#include "gh_cuda_launch.h"
+#include "gh_cuda_passes.h"
 #include "gh_tensor_utils.h"
 #include "ops_cuda.h"
 
@@ -57,7 +57,7 @@ WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const a
     numel += fp.numel;
   }
   const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
-  const HostWorkList host_list = build_items(views, K, with_out, gram_mask, chunk_elements(numel, sms));
+  const HostWorkList host_list = build_items(views, K, with_out, gram_mask, worklist_chunk(numel, sms));
   WorkList wl;
   wl.groups = host_list.groups;
   wl.total = static_cast<int64_t>(host_list.items.size());
@@ -98,19 +98,13 @@ const WorkItem* items_of(const WorkList& wl) {
   return wl.total ? reinterpret_cast<const WorkItem*>(wl.device_items.data_ptr()) : nullptr;
 }
 
-// The Gram pass over a work list into G (K x K, float32 or float64), on the current stream.
+// The Gram pass over a work list into G (K x K, float32 or float64), on the current stream
+// (gh_cuda_passes.h: the launches, shared with the CUDA-on-CPU tests).
 void gram_pass(const WorkList& wl, int64_t K, at::Tensor& G) {
   if (wl.total == 0) return;  // G stays zero
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor partials = at::empty({wl.total, kNumPairs}, G.options().dtype(at::kDouble));
-  int64_t offset = 0;
-  for (const auto& g : wl.groups) {
-    C10_CUDA_CHECK(launch_gram_partials(items_of(wl) + offset, g.second, static_cast<int>(K), g.first,
-                                        partials.data_ptr<double>() + offset * kNumPairs, stream));
-    offset += g.second;
-  }
-  C10_CUDA_CHECK(launch_gram_finalize(partials.data_ptr<double>(), wl.total, static_cast<int>(K), G.data_ptr(),
-                                      G.scalar_type() == at::kDouble, stream));
+  at::Tensor partials = at::empty({gram_partials_count(wl.total)}, G.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(run_gram_pass(items_of(wl), wl.groups, static_cast<int>(K), partials.data_ptr<double>(), G.data_ptr(),
+                               G.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream()));
 }
 
 // Zero the outs of parameters no set has: the work list has no item for them (combine and TrimmedMean
@@ -127,12 +121,8 @@ void zero_unreached(std::vector<FlatParam>& params, at::TensorList out, int64_t 
 void combine_pass(std::vector<FlatParam>& params, at::TensorList out, const WorkList& wl, int64_t K, const double* w,
                   bool accumulate) {
   if (!accumulate) zero_unreached(params, out, K);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  int64_t offset = 0;
-  for (const auto& g : wl.groups) {
-    C10_CUDA_CHECK(launch_combine(items_of(wl) + offset, g.second, static_cast<int>(K), g.first, w, accumulate, stream));
-    offset += g.second;
-  }
+  C10_CUDA_CHECK(run_combine_pass(items_of(wl), wl.groups, static_cast<int>(K), w, accumulate,
+                                  at::cuda::getCurrentCUDAStream()));
   finish_out(params);
 }
 
@@ -185,14 +175,9 @@ void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tenso
   }
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
   if (!accumulate) zero_unreached(params, out, num_sets);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  int64_t offset = 0;
-  for (const auto& g : wl.groups) {
-    C10_CUDA_CHECK(launch_coordinate(items_of(wl) + offset, g.second, static_cast<int>(num_sets), g.first, code,
-                                     static_cast<int>(trim), lk.defined() ? lk.data_ptr<double>() : nullptr, accumulate,
-                                     stream));
-    offset += g.second;
-  }
+  C10_CUDA_CHECK(run_coordinate_pass(items_of(wl), wl.groups, static_cast<int>(num_sets), code, static_cast<int>(trim),
+                                     lk.defined() ? lk.data_ptr<double>() : nullptr, accumulate,
+                                     at::cuda::getCurrentCUDAStream()));
   finish_out(params);
   bump_versions(out);
 }
@@ -240,12 +225,14 @@ std::tuple<at::Tensor, at::Tensor> harmonize_cuda(at::TensorList out, const c10:
   const at::ScalarType dtype = result_dtype(params);
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   at::Tensor G = at::zeros({2, 2}, options);
-  gram_pass(wl, 2, G);
   at::Tensor w = at::empty({2}, options);
   at::Tensor scaled = at::empty({2}, options.dtype(at::kDouble));
-  C10_CUDA_CHECK(launch_weights(G.data_ptr(), w.data_ptr(), dtype == at::kDouble, scaled.data_ptr<double>(), code, kappa,
-                                scale1, scale2, at::cuda::getCurrentCUDAStream()));
-  combine_pass(params, out, wl, 2, scaled.data_ptr<double>(), accumulate);
+  at::Tensor partials = at::empty({gram_partials_count(wl.total)}, options.dtype(at::kDouble));
+  if (!accumulate) zero_unreached(params, out, 2);
+  C10_CUDA_CHECK(run_harmonize_passes(items_of(wl), wl.groups, partials.data_ptr<double>(), G.data_ptr(), w.data_ptr(),
+                                      dtype == at::kDouble, scaled.data_ptr<double>(), code, kappa, scale1, scale2,
+                                      accumulate, at::cuda::getCurrentCUDAStream()));
+  finish_out(params);
   bump_versions(out);
   return {G, w};
 }
