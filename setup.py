@@ -94,12 +94,22 @@ def build_ext_class(base):
     return OptionalBuildExt
 
 
+def read_version() -> str:
+    """gh_kernels/_version.py, the one source of the version (read as text: importing the package needs torch)."""
+    import re
+
+    with open(os.path.join(HERE, "gh_kernels", "_version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 ext_modules, cmdclass = extension_modules()
 
 setup(
     name="gh_kernels",
-    version="0.1.0",
-    description="Fused Gradient Harmonization (GH, GH++) kernels for PyTorch",
+    version=read_version(),
+    description="Fused Gradient Harmonization (GH, GH++) and an exact engine for multi-task gradient methods "
+                "(UPGrad, MGDA, CAGrad, PCGrad, Nash-MTL, ...) for PyTorch: one Gram pass, weights solved on the device, "
+                "one combine in place; C++, CUDA, Triton and pure-torch backends",
     packages=find_packages(include=["gh_kernels", "gh_kernels.*"]),
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],

@@ -35,7 +35,7 @@ from . import harmonizer as _harmonizer, weighting as _weighting
 
 load_backends()
 
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402  (the one source: setup.py reads it too)
 
 # Names of the 0.1 layout, kept importable with a DeprecationWarning on attribute access
 # (``import gh_kernels.methods`` style imports resolve through sys.modules, without the warning).

@@ -71,8 +71,10 @@ def gram(grads: Sequence[GradSet], *, backend: Optional[str] = None) -> torch.Te
     return _dispatch.gram(sets, device, backend)
 
 
-def weights(G: torch.Tensor, method="gh", *, backend: Optional[str] = None, **options) -> torch.Tensor:
+def weights(G: torch.Tensor, method="upgrad", *, backend: Optional[str] = None, **options) -> torch.Tensor:
     """Weights from a K x K Gram matrix ``G``: (K,) on G's device, float32 (float64 for a float64 ``G``).
+    The default method is ``"upgrad"``, as :func:`aggregate`'s and ``MultiTaskHarmonizer``'s (0.2 defaulted
+    to ``"gh"`` here: pass ``method="gh"`` for the two-task rule).
     For :class:`MoDo` and :class:`SDMGrad`, ``G`` is the cross-batch matrix ``J_1 J_2^T`` of two batches.
 
     Two-task GH rules (K = 2; option ``kappa`` in [0, 1] splits the GH++ turn, default 0.5):
@@ -150,6 +152,9 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     else:
         sets, device, out = quick
     K = len(sets) if second_batch is None else len(sets) // 2
+    if K == 1:  # the sets' count is what is wrong, not the method
+        raise ValueError(f"grads holds 1 gradient set; method {method if isinstance(method, str) else type(method).__name__!r} "
+                         "aggregates at least 2 (with one task there is nothing to weigh: use its gradient)")
     weighting = resolve(method, K, options, backend=backend, cross_batch=second_batch is not None)
     if weighting.coordinate is not None:
         rollback = _generator_guard(weighting.coordinate.generator)

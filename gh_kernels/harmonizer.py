@@ -1,6 +1,7 @@
 """The training-step classes, two thin faces of the one engine (``gh_kernels/step/engine.py``):
 
-* :class:`Harmonizer`: two losses, the GH rules, ``backward(loss1, loss2, scale1=, scale2=)``;
+* :class:`Harmonizer`: two losses, ``backward(loss1, loss2, scale1=, scale2=)``; the GH rules by
+  default, any method of the one registry (the same step as :class:`MultiTaskHarmonizer` at K = 2);
 * :class:`MultiTaskHarmonizer`: K losses, every method, ``backward([loss_1, ..., loss_K])``.
 
 Both replace ``loss.backward()`` in a training loop: K backward passes, the Gram matrix over the
@@ -15,16 +16,16 @@ import torch
 
 from .step.checks import check_loss
 from .step.engine import Engine, Face
-from .weighting import Method
-from .weighting.gh import check_method
+from .weighting import Method, resolve
+from .weighting.gh import METHOD_CODES
 
 
 class HarmonizeResult(NamedTuple):
     """What one ``Harmonizer.backward`` computed, as device tensors (log them without a sync)."""
 
-    weights: torch.Tensor  #: (2,) float32: (w1, w2) before ``scale1``/``scale2``
+    weights: torch.Tensor  #: (2,) float32: (w1, w2) before ``scale1``/``scale2`` (None for a per-coordinate method)
     cos: torch.Tensor  #: 0-dim float32: cos(theta) between g1 and g2 over the shared parameters (0 if a norm is 0)
-    gram: torch.Tensor  #: (2, 2) float32 Gram matrix over the shared parameters
+    gram: torch.Tensor  #: (2, 2) float32 Gram matrix over the shared parameters (None for a per-coordinate method)
 
 
 class MultiTaskResult(NamedTuple):
@@ -68,8 +69,12 @@ class Harmonizer(_Face):
             loss) reaches. In domain adaptation that is the feature extractor and the classifier,
             without the discriminator that only loss 1 reaches: what the released code computes
             its Gram matrix over. A ``shared`` that holds loss-1-only parameters gets a warning.
-        method: ``"sum"``, ``"gh"``, ``"gh++"`` or ``"gh++released"`` (see ``gh_kernels.weighting.gh``).
-        kappa: GH++ split in [0, 1].
+        method: ``"sum"``, ``"gh"`` (default), ``"gh++"`` or ``"gh++released"`` (see
+            ``gh_kernels.weighting.gh``), or any other method of the registry for two tasks
+            (:data:`gh_kernels.MULTITASK_METHODS`, or a stateful object such as ``gh_kernels.NashMTL()``):
+            the same step as ``MultiTaskHarmonizer(method=...)`` with two losses, plus ``scale1``/``scale2``.
+            MoDo and SDMGrad need two batches: use :class:`MultiTaskHarmonizer` (``second_losses=``).
+        kappa: GH++ split in [0, 1] (the GH rules only).
         mode: ``"reweight"``: every parameter gets ``scale1*w1*g1 + scale2*w2*g2``, exactly the
             released code's third backward of ``scale1*w1*L1 + scale2*w2*L2``. ``"surgery"``:
             only ``shared`` parameters are harmonized, the others get ``scale1*g1 + scale2*g2``.
@@ -77,19 +82,25 @@ class Harmonizer(_Face):
         sync: data-parallel mode, ``None``, ``"global"`` (DDP, exact), ``"local"`` or ``"sharded"``
             (FSDP2); see :mod:`gh_kernels.distributed`. Needs an initialized process group.
         process_group: the group to communicate over (default: the world).
+        **options: the options of a registry method (e.g. ``c=0.4`` for ``"cagrad"``), checked here.
 
-    Slot 1 is the alignment (transfer) loss, slot 2 the classification loss. For K losses or the
-    multi-task methods use :class:`MultiTaskHarmonizer` (the same engine).
+    Slot 1 is the alignment (transfer) loss, slot 2 the classification loss. For K losses use
+    :class:`MultiTaskHarmonizer` (the same engine).
     """
 
     def __init__(self, params: Iterable[torch.Tensor], *, shared: Optional[Iterable[torch.Tensor]] = None,
-                 method: str = "gh", kappa: float = 0.5, mode: str = "reweight", backend: Optional[str] = None,
-                 sync: Optional[str] = None, process_group=None):
-        check_method(method, kappa)
-        self.method, self.kappa = method, float(kappa)
+                 method: Method = "gh", kappa: Optional[float] = None, mode: str = "reweight",
+                 backend: Optional[str] = None, sync: Optional[str] = None, process_group=None, **options):
+        gh_rule = isinstance(method, str) and method in METHOD_CODES
+        if kappa is not None and not gh_rule:
+            raise ValueError(f"kappa is an option of the GH rules ({', '.join(repr(m) for m in METHOD_CODES)}); "
+                             f"method {method!r} does not take it")
+        if gh_rule:
+            options["kappa"] = 0.5 if kappa is None else kappa
+        resolve(method, 2, options, backend=backend, cross_batch=False)  # ValueError naming what is wrong, now
+        self.method, self.kappa, self.options = method, options.get("kappa"), dict(options)
         self._engine = Engine(params, face=Face(lambda k: f"loss{k + 1}", "last"), shared=shared, method=method,
-                              options={"kappa": self.kappa}, mode=mode, backend=backend, sync=sync,
-                              process_group=process_group)
+                              options=options, mode=mode, backend=backend, sync=sync, process_group=process_group)
         self._engine.plan_for(2)  # the backend's ops and the method decided here, not mid-step
 
     def backward(self, loss1: torch.Tensor, loss2: torch.Tensor, *, scale1: float = 1.0, scale2: float = 1.0,
@@ -103,6 +114,8 @@ class Harmonizer(_Face):
         runs first (keeping its graph), then loss 1's frees the graph unless ``retain_graph``.
         """
         G, w = self._engine.step([loss1, loss2], (scale1, scale2), retain_graph)
+        if G is None:  # a per-coordinate method: no Gram matrix
+            return HarmonizeResult(None, None, None)
         norm_prod = (G[0, 0] * G[1, 1]).sqrt()
         cos = torch.where(norm_prod > 0, G[0, 1] / norm_prod.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(norm_prod))
         return HarmonizeResult(w, cos, G)
@@ -134,7 +147,6 @@ class MultiTaskHarmonizer(_Face):
     def __init__(self, params: Iterable[torch.Tensor], *, shared: Optional[Iterable[torch.Tensor]] = None,
                  method: Method = "upgrad", mode: str = "reweight", backend: Optional[str] = None,
                  sync: Optional[str] = None, process_group=None, **options):
-        from .weighting import resolve
         resolve(method, None, options, backend=backend)  # unknown methods/options fail here, not mid-step (K checked per K)
         self.method, self.options = method, dict(options)
         self._engine = Engine(params, face=Face(lambda k: f"losses[{k}]", "two"), shared=shared, method=method,

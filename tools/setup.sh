@@ -1,50 +1,44 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine (the README's two commands start with it):
+# Idempotent set-up for a fresh machine (the README's two commands start with it). What is left to do
+# is decided in one Python process (tools/setup_state.py); a re-run with nothing to do is that process
+# alone. The actions:
 #  - torch: reuse the installed one; if there is none, the pinned CPU wheel torch==2.13.0
 #    (an unpinned "torch" would download a multi-GB CUDA build);
 #  - test/benchmark/demo dependencies (Triton runs on CPU tensors via TRITON_INTERPRET=1; torchjd and its
 #    solvers are the multi-task tests' and benchmarks' reference; transformers, accelerate and lightning are
 #    the integration tests' and python/ examples' -- the package itself never imports them), installed
 #    with a constraint that keeps the torch already there;
-#  - this package, built against that torch (--no-build-isolation) with its C++ extension.
+#  - this package, built against that torch (--no-build-isolation) with its C++ extension, when this
+#    checkout is not the installed one or its version changed; the extension rebuilt in place when a
+#    source under csrc/ is newer than it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import torch" 2>/dev/null; then
+state=$("$PY" tools/setup_state.py) && { echo "$state"; exit 0; } || [ $? -eq 10 ] || { echo "$state"; exit 1; }
+if grep -qx TORCH <<<"$state"; then
   "$PY" -m pip install --quiet torch==2.13.0
+  state=$("$PY" tools/setup_state.py) && { echo "$state"; exit 0; } || true
 fi
-missing=()
-for mod in pytest hypothesis numpy matplotlib tqdm psutil sklearn ninja triton torchjd qpsolvers quadprog cvxpy clarabel ecos \
-           transformers accelerate lightning; do
-  "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  pkgs=()
-  for mod in "${missing[@]}"; do
-    case "$mod" in
-      sklearn) pkgs+=(scikit-learn) ;;
-      triton) pkgs+=(triton==3.9.0) ;;
-      torchjd) pkgs+=(torchjd==0.18.0) ;;  # the multi-task tests' reference; torch is already installed, so no torch download
-      *) pkgs+=("$mod") ;;
-    esac
-  done
+missing=$(sed -n 's/^MISSING //p' <<<"$state")
+if [ -n "$missing" ]; then
   # A constraint pins the torch already installed: a package that asks for a newer torch (transformers,
   # lightning, accelerate may) must not replace it with a multi-GB CUDA build that breaks the extension's ABI.
   constraint=$(mktemp)
   "$PY" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$constraint"
-  "$PY" -m pip install --quiet -c "$constraint" "${pkgs[@]}"
+  # shellcheck disable=SC2086
+  "$PY" -m pip install --quiet -c "$constraint" $missing
   rm -f "$constraint"
 fi
-# The editable install: skipped when this checkout is already the installed gh_kernels (a re-run
-# then costs seconds, not the ~35 s of pip resolving and rebuilding the package metadata).
-installed=$(cd /tmp && "$PY" -c "import os, gh_kernels; print(os.path.dirname(os.path.dirname(os.path.abspath(gh_kernels.__file__))))" 2>/dev/null || true)
-if [ "$installed" != "$(pwd -P)" ]; then
+if grep -qx INSTALL <<<"$state"; then
   "$PY" -m pip install --quiet setuptools wheel
   MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install --quiet --no-build-isolation -e .
 fi
-# Editable installs do not always compile extensions (it depends on the setuptools version), so
-# build gh_kernels/_C in place explicitly (ninja: incremental, seconds when nothing changed).
-if [ "${GH_KERNELS_BUILD_EXT:-auto}" != "0" ]; then
-  MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py --quiet build_ext --inplace 2>&1 | grep -E "gh_kernels:|error" || true
+# Editable installs do not always compile extensions (it depends on the setuptools version), so build
+# gh_kernels/_C in place explicitly (ninja: incremental).
+if grep -qx BUILD <<<"$state" || grep -qx INSTALL <<<"$state"; then
+  if [ "${GH_KERNELS_BUILD_EXT:-auto}" != "0" ]; then
+    MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py --quiet build_ext --inplace 2>&1 | grep -E "gh_kernels:|error" || true
+    touch gh_kernels/_C*.so 2>/dev/null || true  # up to date now, even where ninja had nothing to rebuild
+  fi
 fi
-"$PY" -c "import gh_kernels as g; print('gh_kernels', g.__version__, 'backends:', g.available_backends(), '' if g.extension_error() is None else '(' + g.extension_error() + ')')"
+"$PY" tools/setup_state.py || true

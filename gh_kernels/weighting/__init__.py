@@ -219,11 +219,30 @@ def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "me
     if method not in _rules.RULES:
         names = ", ".join(repr(m) for m in MULTITASK_METHODS)
         raise ValueError(f"method must be one of {names} (or {', '.join(repr(m) for m in METHODS[1:])} for K = 2, or "
-                         f"{_OBJECTS}); got {method!r}")
+                         f"{_OBJECTS}); got {method!r}{near_miss(method)}")
     rule = _rules.RULES[method]
     check_options(method, rule, options, K)
     neutral = 1.0 if method in _rules.SUM_TYPE else 1.0 / K
     return Weighting(method, K, rule=rule, options=options, neutral=neutral, backend=backend)
+
+
+def _squash(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def near_miss(method: str) -> str:
+    """"; did you mean ...?" for a name close to a method of the registry (a stateful method is named by its
+    class: ``"nash"`` -> ``gh_kernels.NashMTL()``), else ""."""
+    import difflib
+
+    spelled = {_squash(n): repr(n) for n in tuple(MULTITASK_METHODS) + tuple(METHODS)}
+    for name, cls in STATEFUL.items():
+        spelled[_squash(name)] = spelled[_squash(cls.__name__)] = f"gh_kernels.{cls.__name__}() (a stateful method: " \
+                                                                   "create it once and pass it as method=)"
+    key = _squash(method)
+    hits = [k for k in spelled if key and (k.startswith(key) or key.startswith(k))]
+    hits = hits or difflib.get_close_matches(key, list(spelled), n=1, cutoff=0.6)
+    return f"; did you mean {spelled[hits[0]]}?" if hits else ""
 
 
 def _check_any_k(method: Method, options: dict, where: str, backend: Optional[str]) -> None:

@@ -36,7 +36,8 @@ VARIANTS: Dict[str, List[str]] = {
     "o1": ["-O1"],
     # UBSan: misaligned vector loads (an item wrongly marked aligned), out-of-bounds indexing of the
     # kernels' fixed-size arrays, and the rest of -fsanitize=undefined; any report aborts the run.
-    "ubsan": ["-O1", "-fsanitize=undefined,alignment,bounds", "-fno-sanitize-recover=all"],
+    # -O0: the checks are the same, and it compiles in 7 s instead of 16.
+    "ubsan": ["-O0", "-fsanitize=undefined,alignment,bounds", "-fno-sanitize-recover=all"],
 }
 
 
