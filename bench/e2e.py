@@ -197,7 +197,9 @@ def time_steps(config, device, steps=5, warmup=2) -> List[dict]:
                "shared": sum(p.numel() for p in model.shared_parameters())}
         if name != "plain_dann":
             ref = "released_gh++" if name.endswith("gh++") else "released_gh"
-            row["speedup_vs_released"] = timing.paired_speedup(samples[ref], s)
+            ratio = timing.paired_ratio(samples[ref], s)
+            row.update({"speedup_vs_released": ratio["x"], "speedup_vs_released_q20": ratio["q20"],
+                        "speedup_vs_released_q80": ratio["q80"], "speedup_vs_released_noisy": ratio["noisy"]})
         if device.type == "cuda":
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         rows.append(row)

@@ -68,7 +68,7 @@ def measure(device: torch.device, backends: List[str], min_time: float, json_pat
             with open(json_path, "w") as f:
                 json.dump(rows, f, indent=1)
 
-    copy = copy_bandwidth(device, min(max_n or 10**8, 10**8), min_time)
+    copy = copy_bandwidth(device, min(max_n or 10**8, 10**8), min_time)["gbps"]
     emit({"row": "copy bandwidth", "gbps": copy})
     for name, build, dtype, kind, target in ROWS:
         shape_list = build()

@@ -69,12 +69,32 @@ def time_it(fn: Callable[[], object], device: torch.device, min_time: float) -> 
     return {"median_ms": m.median * 1e3, "q20_ms": pick(0.2), "q80_ms": pick(0.8)}
 
 
-def copy_bandwidth(device: torch.device, n: int, min_time: float) -> float:
-    """GB/s of a large copy_ (bytes read + bytes written), measured in this run."""
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    t = time_it(lambda: dst.copy_(src), device, min_time)["median_ms"]
-    return 2 * n * 4 / (t * 1e-3) / 1e9
+def cache_bytes(device: torch.device) -> int:
+    """The last-level cache a row's working set can live in: the GPU's L2, or the CPU's largest cache."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
+    return timing.last_level_cache_bytes()
+
+
+def copy_bandwidth(device: torch.device, n: int, min_time: float) -> dict:
+    """GB/s of a copy_ (bytes read + bytes written) measured in this run, timed as the rows are (same sampler,
+    same threads: torch.utils.benchmark's Timer runs one thread and read half the bandwidth), and
+    buffers of at least twice the last-level cache (a smaller copy is served partly from cache: 42 GB/s
+    against 25 GB/s beyond it on the 2-core CPU machine), at most 1/8 of free memory."""
+    cache = cache_bytes(device)
+    n = max(n, 2 * cache // 4)
+    if device.type == "cpu":
+        try:
+            import psutil
+            n = min(n, psutil.virtual_memory().available // 8 // 4)
+        except ImportError:
+            pass
+    src = torch.full((n,), 1.5, device=device)  # pages touched; the values do not matter to a copy
+    dst = torch.zeros_like(src)
+    # timing.interleaved, as the rows: torch.utils.benchmark.Timer would run it on one thread (its default)
+    t = timing.stats(timing.interleaved({"copy": lambda: dst.copy_(src)}, device, min_time)["copy"])["median_ms"]
+    del src, dst
+    return {"gbps": 2 * n * 4 / (t * 1e-3) / 1e9, "bytes": n * 4, "cache_bytes": cache, "threads": torch.get_num_threads()}
 
 
 def cpu_extra_memory(case: str, n: int, dtype: str, impl: str) -> Optional[float]:
@@ -137,10 +157,14 @@ def run_micro(device: torch.device, cases: List[tuple], dtypes: List[str], min_t
             for name, s_ in samples.items():
                 t = timing.stats(s_)
                 row = {"case": case, "n": n, "tensors": len(shp), "dtype": dname, "impl": name, **t,
-                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{kept[name].bytes_per_element}N"}
+                       "gbps_5n": 5 * n * elem / (t["median_ms"] * 1e-3) / 1e9, "bytes_model": f"{kept[name].bytes_per_element}N",
+                       "working_set_bytes": 3 * n * elem}
                 for base in registry.BASELINE_COLUMNS:  # paired: round-by-round ratios, robust to load
                     if base in samples:
-                        row[f"speedup_vs_{base}"] = timing.paired_speedup(samples[base], s_)
+                        ratio = timing.paired_ratio(samples[base], s_)
+                        key = f"speedup_vs_{base}"
+                        row.update({key: ratio["x"], f"{key}_q20": ratio["q20"], f"{key}_q80": ratio["q80"],
+                                    f"{key}_noisy": ratio["noisy"]})
                 if memory and memory_wanted(case, n, dname, device):
                     if device.type == "cuda":
                         row["extra_mem_mb"] = gpu_extra_mb(fns[name], device)

@@ -22,44 +22,79 @@ def fmt(x, spec=".2f"):
     return "" if x is None or x == "" else (format(x, spec) if isinstance(x, float) else str(x))
 
 
-def _speedup(r, rows_by_impl, base):
-    """The paired speed-up, or "noisy" when this row's or the baseline's samples spread too widely to trust it."""
-    value = r.get(f"speedup_vs_{base}")
-    if value is None or value == "":
-        return ""
-    other = rows_by_impl.get(base)
-    return "noisy" if r.get("noisy") or (other is not None and other.get("noisy")) else fmt(value)
-
-
-def micro_table(rows, copy_gbps) -> str:
-    """One row per (list, dtype, implementation); one "x <baseline>" column per registry baseline (paired
-    per-round ratios; "noisy" where the samples spread more than bench/timing.py's NOISY_SPREAD)."""
-    titles = list(BASELINE_COLUMNS.values())
-    lines = ["| list | N | tensors | dtype | implementation | median ms | q20-q80 ms | spread | GB/s (5N) | % copy BW | bytes moved | "
-             + " | ".join(titles) + " | extra MB |",
-             "|---|---:|---:|---|---|---:|---|---:|---:|---:|---|" + "---:|" * len(titles) + "---:|"]
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["case"], r["n"], r["dtype"]), {})[r["impl"]] = r
-    for r in rows:
-        by_impl = groups[(r["case"], r["n"], r["dtype"])]
-        speedups = " | ".join(_speedup(r, by_impl, name) for name in BASELINE_COLUMNS)
-        lines.append(f"| {r['case']} | {r['n']:,} | {r['tensors']} | {r['dtype']} | {r['impl']} | {r['median_ms']:.3f} | "
-                     f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f} | {100 * r.get('spread', 0):.0f}% | {r['gbps_5n']:.1f} | {100 * r['gbps_5n'] / copy_gbps:.0f}% | {r['bytes_model']} | "
-                     f"{speedups} | {fmt(r.get('extra_mem_mb'), '.1f')} |")
+def markdown(headers: List[str], rows: List[List[str]], right: List[bool]) -> str:
+    """A markdown table without the columns no row fills (quick mode has no memory or compile rows)."""
+    keep = [c for c in range(len(headers)) if any(r[c] != "" for r in rows)]
+    lines = ["| " + " | ".join(headers[c] for c in keep) + " |",
+             "|" + "|".join("---:" if right[c] else "---" for c in keep) + "|"]
+    lines += ["| " + " | ".join(r[c] for c in keep) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def ratio_cell(row: dict, key: str) -> str:
+    """A paired speed-up as "median [q20-q80]" of the per-round ratios (always a number; noise has its own column)."""
+    x = row.get(key)
+    if x is None or x == "":
+        return ""
+    q20, q80 = row.get(f"{key}_q20"), row.get(f"{key}_q80")
+    return f"{x:.2f} [{q20:.2f}-{q80:.2f}]" if q20 is not None else f"{x:.2f}"
+
+
+def noise_cell(row: dict, keys: List[str]) -> str:
+    """What spread over NOISY_SPREAD of its median: the row's own samples and/or some of its ratios."""
+    why = ["samples"] if row.get("noisy") else []
+    why += [k.replace("speedup_vs_", "x ") for k in keys if row.get(f"{k}_noisy")]
+    return "noisy: " + ", ".join(why) if why else ""
+
+
+def micro_table(rows, copy: dict) -> str:
+    """One row per (list, dtype, implementation); one "x <baseline>" column per registry baseline."""
+    titles = list(BASELINE_COLUMNS.values())
+    keys = [f"speedup_vs_{b}" for b in BASELINE_COLUMNS]
+    headers = ["list", "N", "tensors", "dtype", "implementation", "median ms", "q20-q80 ms", "spread", "GB/s (5N)",
+               "% copy BW", "bytes moved"] + titles + ["noise", "extra MB"]
+    right = [False, True, True, False, False, True, False, True, True, True, False] + [True] * len(titles) + [False, True]
+    cells = []
+    for r in rows:
+        pct = 100 * r["gbps_5n"] / copy["gbps"]
+        in_cache = r.get("working_set_bytes", 0) <= copy.get("cache_bytes", 0)
+        cells.append([r["case"], f"{r['n']:,}", str(r["tensors"]), r["dtype"], r["impl"], f"{r['median_ms']:.3f}",
+                      f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f}", f"{100 * r.get('spread', 0):.0f}%", f"{r['gbps_5n']:.1f}",
+                      f"{pct:.0f}%" + ("*" if in_cache else ""), r["bytes_model"]]
+                     + [ratio_cell(r, k) for k in keys] + [noise_cell(r, keys), fmt(r.get("extra_mem_mb"), ".1f")])
+    return markdown(headers, cells, right)
+
+
+def legend(copy: dict) -> str:
+    """What the columns mean, printed with the tables and written into summary.md."""
+    cache = copy.get("cache_bytes", 0)
+    return "\n".join([
+        "Legend:",
+        "- median ms, q20-q80 ms: time per call, the median and 20%-80% quantiles over interleaved rounds; "
+        "spread = (q80 - q20) / median.",
+        "- x <baseline>: how many times faster than that baseline (> 1 = faster): the median of the per-round "
+        "ratios baseline time / this time (paired samples, so load that slows both cancels), with their 20%-80% "
+        "quantiles in brackets.",
+        "- noise: the row's samples or one of its ratios spread over 25% of the median; the numbers are printed "
+        "all the same: read them with their interval.",
+        "- GB/s (5N): 5N x bytes per element / median time for every row (the fused path's traffic, one count for "
+        "all rows so they compare); bytes moved: what the implementation really moves.",
+        f"- % copy BW: GB/s (5N) over this run's copy bandwidth ({copy['gbps']:.1f} GB/s: a copy_ with the same "
+        f"{copy['threads']} thread(s) over {copy['bytes'] / 2**20:.0f} MB buffers, beyond the "
+        f"{cache / 2**20:.0f} MB last-level cache). `*`: the row's working set (g1, g2 and out) fits in that cache, "
+        "so it may be served from cache and read above 100% (the stated reason for any row above ~105%).",
+        "- extra MB: memory beyond the outputs for one call (only in runs that measure it).",
+    ])
 
 
 def e2e_table(rows) -> str:
-    lines = ["| backbone | step | median ms | min ms | spread | x released (paired) | peak MB |", "|---|---|---:|---:|---:|---:|---:|"]
-    by = {(r["config"], r["step"]): r for r in rows}
+    headers = ["backbone", "step", "median ms", "min ms", "spread", "x released [q20-q80]", "noise", "peak MB"]
+    cells = []
     for r in rows:
-        ref = by.get((r["config"], "released_gh++" if r["step"].endswith("gh++") else "released_gh"), {})
-        x = r.get("speedup_vs_released")
-        x = "" if x is None else ("noisy" if r.get("noisy") or ref.get("noisy") else fmt(x))
-        lines.append(f"| {r['config']} | {r['step']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {100 * r.get('spread', 0):.0f}% | "
-                     f"{x} | {fmt(r.get('peak_mem_mb'), '.0f')} |")
-    return "\n".join(lines)
+        cells.append([r["config"], r["step"], f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{100 * r.get('spread', 0):.0f}%",
+                      ratio_cell(r, "speedup_vs_released"), noise_cell(r, ["speedup_vs_released"]),
+                      fmt(r.get("peak_mem_mb"), ".0f")])
+    return markdown(headers, cells, [False, False, True, True, True, True, False, True])
 
 
 def plots(outdir, micro_rows, e2e_rows):

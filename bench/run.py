@@ -27,12 +27,31 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
+def results_folder(out, default_name: str, force: bool) -> str:
+    """The folder to write: ``out`` (refused when it already holds results, unless ``force``), else
+    bench/results/<default_name>, or the first of -2, -3, ... that does not exist yet."""
+    if out is not None:
+        if os.path.isdir(out) and os.listdir(out) and not force:
+            raise SystemExit(f"python -m bench: {out} already holds results; pass --force to overwrite them, or another --out")
+        os.makedirs(out, exist_ok=True)
+        return out
+    base = os.path.join(os.path.dirname(__file__), "results", default_name)
+    path, k = base, 1
+    while os.path.isdir(path) and os.listdir(path):
+        k += 1
+        path = f"{base}-{k}"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smallest sizes: a table in under a minute")
     ap.add_argument("--smoke", action="store_true", help="one tiny case of everything (CI's smoke test)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--out", default=None, help="output folder (default bench/results/<device>-<date>)")
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/<device>-<date>, or -2, -3, ... "
+                    "when that exists: a re-run never overwrites one)")
+    ap.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
     ap.add_argument("--max-n", type=float, default=None, help="largest N in the sweep (default: 1e8 CPU, 1e9 GPU)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training steps")
@@ -43,8 +62,8 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     date = datetime.date.today().isoformat()
-    outdir = args.out or os.path.join(os.path.dirname(__file__), "results", f"{device_name(device)}-{date}" + ("-quick" if (args.quick or args.smoke) else ""))
-    os.makedirs(outdir, exist_ok=True)
+    outdir = results_folder(args.out, f"{device_name(device)}-{date}" + ("-quick" if (args.quick or args.smoke) else ""),
+                            args.force)
 
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
     p = presets.preset(mode, gpu, args.max_n, compile_ok=not args.no_compile, memory_ok=not args.no_memory)
@@ -54,8 +73,10 @@ def main(argv=None):
     load_before = timing.machine_load()
     print(f"gh_kernels {gh_kernels.__version__} | torch {torch.__version__} | device {device_name(device)} | "
           f"backends {gh_kernels.available_backends()} | threads {torch.get_num_threads()} | out {outdir}")
-    copy_gbps = micro.copy_bandwidth(device, p.copy_n, min_time)
-    print(f"copy bandwidth (read + write): {copy_gbps:.1f} GB/s")
+    copy = micro.copy_bandwidth(device, p.copy_n, min_time)
+    copy_gbps = copy["gbps"]
+    print(f"copy bandwidth (read + write, {copy['threads']} thread(s), {copy['bytes'] / 2**20:.0f} MB buffers beyond the "
+          f"{copy['cache_bytes'] / 2**20:.0f} MB last-level cache): {copy_gbps:.1f} GB/s")
     micro_rows = micro.run_micro(device, cases, dtypes, min_time, with_compile, memory)
     for r in micro_rows:
         r["pct_copy_bw"] = 100 * r["gbps_5n"] / copy_gbps
@@ -86,12 +107,14 @@ def main(argv=None):
     load_after = timing.machine_load()
     noisy = sum(1 for r in micro_rows + e2e_rows if r.get("noisy"))
     summary = [f"# gh_kernels benchmark: {device_name(device)}, {date}", "",
-               timing.load_note(load_before, load_after) + f" Rows flagged noisy (samples spread over "
-               f"{100 * timing.NOISY_SPREAD:.0f}% of the median; their speed-ups are not printed): {noisy} of "
-               f"{len(micro_rows) + len(e2e_rows)}.", "",
+               timing.load_note(load_before, load_after) + f" Rows whose samples spread over "
+               f"{100 * timing.NOISY_SPREAD:.0f}% of the median (flagged in the noise column; their numbers are printed "
+               f"with their intervals): {noisy} of {len(micro_rows) + len(e2e_rows)}.", "",
+               report.legend(copy), "",
                f"gh_kernels {gh_kernels.__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
                f"threads {torch.get_num_threads()}, backends {gh_kernels.available_backends()}.", "",
-               f"Copy bandwidth measured in this run (large `copy_`, bytes read + written): **{copy_gbps:.1f} GB/s**.", "",
+               f"Copy bandwidth measured in this run (`copy_` over {copy['bytes'] / 2**20:.0f} MB buffers, "
+               f"{copy['threads']} thread(s), bytes read + written): **{copy_gbps:.1f} GB/s**.", "",
                "## harmonize alone", "",
                "GB/s = 5N x bytes per element / median time for every row (the fused path's traffic); "
                "`bytes moved` is what each implementation really moves (bench/registry.py). "
@@ -100,7 +123,7 @@ def main(argv=None):
                + ("torch.cuda.max_memory_allocated delta of one call." if gpu else
                   "peak-RSS delta of one call after a warm-up call, in a fresh process, outputs already written once "
                   "(measured for the model lists and N=1e7 in float32)."), "",
-               report.micro_table(micro_rows, copy_gbps), "",
+               report.micro_table(micro_rows, copy), "",
                "## host cost per call (1 thread, tensors of 8 elements, interleaved; bench/hostcost.py)", "",
                hostcost.table(host_rows), ""]
     if step_rows:
@@ -115,7 +138,9 @@ def main(argv=None):
         f.write("\n".join(summary))
     report.plots(outdir, micro_rows, e2e_rows)
     print()
-    print(report.micro_table(micro_rows, copy_gbps))
+    print(report.legend(copy))
+    print()
+    print(report.micro_table(micro_rows, copy))
     print()
     print(hostcost.table(host_rows))
     if e2e_rows:

@@ -65,6 +65,29 @@ def paired_speedup(base: List[float], other: List[float]) -> float:
     return statistics.median(b / o for b, o in zip(base, other))
 
 
+def paired_ratio(base: List[float], other: List[float]) -> Dict[str, float]:
+    """The paired speed-up with its interval: the median and the 20% / 80% quantiles of the per-round
+    ratios base / other, and whether their spread exceeds NOISY_SPREAD of the median."""
+    ratios = sorted(b / o for b, o in zip(base, other))
+    pick = lambda q: ratios[min(len(ratios) - 1, int(q * len(ratios)))]  # noqa: E731
+    med = statistics.median(ratios)
+    return {"x": med, "q20": pick(0.2), "q80": pick(0.8), "noisy": (pick(0.8) - pick(0.2)) > NOISY_SPREAD * med}
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs; 0 when unknown): a working set below it is served from cache."""
+    best = 0
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        best = max(best, int(text.rstrip("KMG")) * scale)
+    return best
+
+
 def machine_load() -> Dict[str, float]:
     """1-minute load average and CPU count (load above about half the cores means other work is running)."""
     try:

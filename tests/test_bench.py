@@ -66,3 +66,37 @@ def test_gpu_keyrows_smoke_on_cpu(tmp_path):
     assert all("met" in r for r in rows[1:])
     import json
     assert json.loads(path.read_text()) == rows
+
+
+def test_tables_print_every_ratio_with_its_interval_and_drop_empty_columns():
+    """Noise never replaces a number: a noisy row keeps its ratio and interval and says so in its own column;
+    columns no row fills (quick mode: extra MB, x compile) are left out; the legend says what > 1 means."""
+    from bench import report
+    row = {"case": "sweep", "n": 1000, "tensors": 4, "dtype": "float32", "impl": "gh_kernels[cpu]", "median_ms": 1.0,
+           "q20_ms": 0.8, "q80_ms": 1.6, "spread": 0.8, "noisy": True, "gbps_5n": 30.0, "bytes_model": "5N",
+           "working_set_bytes": 12_000, "speedup_vs_released_recipe": 3.25, "speedup_vs_released_recipe_q20": 2.5,
+           "speedup_vs_released_recipe_q80": 4.0, "speedup_vs_released_recipe_noisy": True}
+    copy = {"gbps": 20.0, "bytes": 1 << 30, "cache_bytes": 1 << 20, "threads": 2}
+    table = report.micro_table([row], copy)
+    assert "3.25 [2.50-4.00]" in table and "| noisy" not in table.split("\n")[0]
+    assert "noisy: samples, x released_recipe" in table and "150%*" in table
+    assert "extra MB" not in table and "x compile" not in table
+    legend = report.legend(copy)
+    assert "> 1 = faster" in legend and "20.0 GB/s" in legend and "2 thread(s)" in legend
+
+
+def test_a_rerun_never_overwrites_results(tmp_path, monkeypatch):
+    import pytest
+
+    from bench import run
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "summary.md").write_text("old")
+    with pytest.raises(SystemExit, match="--force"):
+        run.results_folder(str(out), "x", force=False)
+    assert run.results_folder(str(out), "x", force=True) == str(out)
+    monkeypatch.setattr(run.os.path, "dirname", lambda p: str(tmp_path))  # bench/results -> tmp_path/results
+    first = run.results_folder(None, "cpu-2core-today", force=False)
+    open(os.path.join(first, "summary.md"), "w").write("kept")
+    second = run.results_folder(None, "cpu-2core-today", force=False)
+    assert second == first + "-2" and open(os.path.join(first, "summary.md")).read() == "kept"
