@@ -51,3 +51,40 @@ def test_torch_backend_chunked_paths(dtype, gen):
     x = g1[0].clone()
     gh_kernels.combine(torch.tensor([2.0, 3.0]), [[x], [x]], out=[x], backend="torch")  # one tensor, both sets
     torch.testing.assert_close(x.double(), 5 * g1[0].double(), rtol=2 * EPS[dtype], atol=0)
+
+
+@pytest.mark.parametrize("alias", ["none", "set0", "set1", "set1 views", "mixed", "both sets"])
+def test_small_tensor_combine_in_place_chains(alias, gen):
+    """NOTE: [In-place chains]: outs that are a set's memory (the same tensors, or other views of the same memory),
+    outs of their own, and mixtures give sum_k w_k g_k on small tensors of 1-D and N-D shapes."""
+    from gh_kernels.backends.pytorch import kernels as K
+    shapes = [(8,), (3, 5), (1,), (2, 2, 3), (4096,)]
+    a = [torch.randn(s, generator=gen) for s in shapes]
+    b = a if alias == "both sets" else [torch.randn(s, generator=gen) for s in shapes]
+    w = torch.tensor([0.75, -1.5])
+    want = [0.75 * x.double() - 1.5 * y.double() for x, y in zip(a, b)]
+    out = {"none": [torch.empty(s) for s in shapes], "set0": a, "set1": b, "set1 views": [t.view_as(t) for t in b],
+           "mixed": [a[0], b[1], torch.empty(shapes[2]), a[3], b[4]], "both sets": a}[alias]
+    K.combine_(out, a + b, 2, w, False)
+    for o, r in zip(out, want):
+        torch.testing.assert_close(o.double(), r, rtol=1e-6, atol=1e-6)
+
+
+def test_small_tensor_gram_rows_are_thread_count_independent(gen):
+    """NOTE: [Small tensors in rows]: 1-D and N-D small tensors, absent sets, a large tensor: the float64
+    reference within float32 rounding, and bitwise the same result on 1 and 2 threads."""
+    from gh_kernels.reference import gram_reference
+    shapes = [(8,), (3, 5), (5000,), (0,), (4096,), (70, 70), (2, 3)] * 30
+    sets = [[None if (k == 1 and i % 7 == 2) else torch.randn(s, generator=gen) for i, s in enumerate(shapes)]
+            for k in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gh_kernels.gram(sets, backend="torch")
+        torch.set_num_threads(2)
+        two = gh_kernels.gram(sets, backend="torch")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    ref = gram_reference(sets)
+    assert ((one.double() - ref).abs() <= 1e-5 * ref.abs().max()).all()

@@ -19,9 +19,13 @@ no addresses to compare and these checks are skipped.
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
+
+_NBYTES = operator.attrgetter("nbytes")
 
 
 def extent(t: torch.Tensor) -> Tuple[int, int]:
@@ -55,12 +59,13 @@ def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _ranges(ts: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """int64 tensors of ``lo`` and ``hi`` (extent) for non-empty tensors; list comprehensions, no per-tensor loop."""
-    lo = [t.data_ptr() for t in ts]
-    hi = [a + n for a, n in zip(lo, [t.nbytes for t in ts])]
-    for i, t in enumerate(ts):
-        if not t.is_contiguous():  # rare: strided views get their true extent
-            lo[i], hi[i] = extent(t)
+    """int64 tensors of ``lo`` and ``hi`` (extent) for non-empty tensors, read by map (NOTE: [Checks by map])."""
+    lo = list(map(torch.Tensor.data_ptr, ts))
+    hi = list(map(operator.add, lo, map(_NBYTES, ts)))
+    if not all(map(torch.Tensor.is_contiguous, ts)):
+        for i, t in enumerate(ts):
+            if not t.is_contiguous():  # rare: strided views get their true extent
+                lo[i], hi[i] = extent(t)
     return torch.tensor(lo, dtype=torch.int64), torch.tensor(hi, dtype=torch.int64)
 
 
@@ -74,10 +79,13 @@ def check_out_aliasing(out: Sequence[torch.Tensor], sets: Sequence[Sequence[Opti
     if torch.compiler.is_compiling():
         return
     set_names = list(set_names) if set_names is not None else [f"grads[{k}]" for k in range(len(sets))]
-    o_idx = [p for p, o in enumerate(out) if o.numel()]
-    outs = [out[p] for p in o_idx]
-    for p, o in zip(o_idx, outs):
-        if not o.is_contiguous() and self_overlaps(o):
+    if all(map(torch.Tensor.numel, out)):  # NOTE: [Checks by map]
+        o_idx, outs = range(len(out)), list(out)
+    else:
+        o_idx = [p for p, o in enumerate(out) if o.numel()]
+        outs = [out[p] for p in o_idx]
+    for p, o in ((p, o) for p, o, c in zip(o_idx, outs, map(torch.Tensor.is_contiguous, outs)) if not c):
+        if self_overlaps(o):
             raise ValueError(f"{name}[{p}] has elements that share memory (an expand()-ed, stride-0 or as_strided "
                              "tensor whose elements overlap): it cannot be written; pass a tensor with its own memory")
     if not outs:
@@ -90,8 +98,13 @@ def check_out_aliasing(out: Sequence[torch.Tensor], sets: Sequence[Sequence[Opti
         i = int(clash[0, 0])
         a, b = sorted((o_idx[int(order[i])], o_idx[int(order[i + 1])]))
         raise ValueError(f"{name}[{a}] and {name}[{b}] overlap in memory: every out tensor needs memory of its own")
-    ins = [(k, p, t) for k, s in enumerate(sets) for p, t in enumerate(s)
-           if t is not None and t is not out[p] and t.numel()]
+    ins = []
+    for k, s in enumerate(sets):
+        if not any(map(operator.is_, s, itertools.repeat(None))) and not any(map(operator.is_, s, out)) \
+                and all(map(torch.Tensor.numel, s)):
+            ins += zip(itertools.repeat(k), range(len(s)), s)  # the common case: no None, no in-place out, no empty
+        else:
+            ins += [(k, p, t) for p, t in enumerate(s) if t is not None and t is not out[p] and t.numel()]
     if not ins:
         return
     in_lo, in_hi = _ranges([t for _, _, t in ins])

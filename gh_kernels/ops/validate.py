@@ -8,6 +8,8 @@ misaligned (the released code's ``None`` handling does exactly that).
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -15,6 +17,19 @@ import torch
 from .memory import check_out_aliasing
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+# NOTE: [Checks by map]: the every-step checks read each tensor's attributes through map() with
+# operator.attrgetter (C-level loops, tens of nanoseconds per tensor) and compare whole lists; the
+# loops that name a refused argument run only when a fast pass fails. A planned call of the pure-torch
+# backend over 2,000 small tensors checked them one by one in 5x the time of one _foreach_add_.
+_DTYPE, _DEVICE, _LAYOUT, _SHAPE = (operator.attrgetter(a) for a in ("dtype", "device", "layout", "shape"))
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
+def has_none(ts: Sequence) -> bool:
+    """Whether a list holds None, by identity (``None in ts`` would call Tensor.__eq__ on every tensor)."""
+    if torch.compiler.is_compiling():  # dynamo traces generator expressions, not map over operator functions
+        return any(t is None for t in ts)
+    return any(map(operator.is_, ts, itertools.repeat(None)))
 DTYPE_NAMES = "float32, bfloat16, float16 and float64"
 
 TensorOrNone = Optional[torch.Tensor]
@@ -56,6 +71,17 @@ def check_sets(sets: Sequence[List[TensorOrNone]], names: Sequence[str]) -> torc
     n = len(sets[0])
     if any(len(s) != n for s in sets):
         _explain(sets, names)
+    if not torch.compiler.is_compiling() and not any(map(has_none, sets)):  # NOTE: [Checks by map]
+        shapes, dts = list(map(_SHAPE, sets[0])), list(map(_DTYPE, sets[0]))
+        for s in sets[1:]:
+            if list(map(_SHAPE, s)) != shapes or list(map(_DTYPE, s)) != dts:
+                _explain(sets, names)
+        devices = set().union(*(map(_DEVICE, s) for s in sets))
+        layouts = set().union(*(map(_LAYOUT, s) for s in sets))
+        if n == 0 or len(devices) != 1 or not set(dts).issubset(SUPPORTED_DTYPES) or layouts != {torch.strided} \
+                or next(iter(devices)).type == "meta":
+            _explain(sets, names)
+        return devices.pop()
     dtypes, devices, layouts = set(), set(), set()
     if len(sets) == 2:  # the common case, without the inner loop
         for a, b in zip(sets[0], sets[1]):
@@ -145,10 +171,17 @@ def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], n
         raise ValueError(f"{name} has {len(out)} tensors but the gradient sets have {n}")
     refs = list(sets[0])
     for s in sets[1:]:
-        refs = [r if r is not None else t for r, t in zip(refs, s)]
+        if has_none(refs):
+            refs = [r if r is not None else t for r, t in zip(refs, s)]
     device = next(r.device for r in refs if r is not None)
     tracing = torch.compiler.is_compiling()  # traced tensors have no inference flag (nor addresses: memory.py)
-    for p, (o, ref) in enumerate(zip(out, refs)):  # fast: one comparison chain per parameter
+    if not tracing and not has_none(refs) and all(map(isinstance, out, itertools.repeat(torch.Tensor))):  # [Checks by map]
+        if (not any(map(_REQUIRES_GRAD, out)) and set(map(_LAYOUT, out)) == {torch.strided}
+                and list(map(_DTYPE, out)) == list(map(_DTYPE, refs)) and list(map(_SHAPE, out)) == list(map(_SHAPE, refs))
+                and set(map(_DEVICE, out)) == {device} and (tracing or not any(map(torch.Tensor.is_inference, out)))):
+            check_out_aliasing(out, sets, name, set_names)
+            return
+    for p, (o, ref) in enumerate(zip(out, refs)):  # one comparison chain per parameter, naming the first refused
         if isinstance(o, torch.Tensor) and not o.requires_grad and o.layout is torch.strided and (tracing or not o.is_inference()) and (
                 o.dtype in SUPPORTED_DTYPES if ref is None else (o.dtype is ref.dtype and o.shape == ref.shape)) \
                 and o.device == device:

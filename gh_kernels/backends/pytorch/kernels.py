@@ -4,12 +4,16 @@ float32 accumulation (float64 for float64 gradients).
 No ``torch.cat`` of gradients and no host synchronization.
 
 * Gram: ``torch.dot`` splits its sum across threads above a size (8192 elements with MKL), so its
-  result would change with the thread count. A tensor of at most ``BLOCK`` elements gets one
-  ``torch.dot`` (serial at that size); a larger one is cut into rows of ``BLOCK`` elements whose
-  float32 sums ATen computes one row per thread in a fixed order. Each pair's pieces are then
-  summed in float64 in a fixed order: bitwise the same result for any thread count, and about
-  one op per parameter and pair. Rows are processed ``ROWS_PER_CALL`` at a time and 16-bit rows
-  upcast per slice, so temporaries stay a few MB even for a 100M-element tensor.
+  result would change with the thread count. Sums are instead taken over rows of ``BLOCK``
+  elements, which ATen reduces one row per thread in a fixed order, and each pair's row sums are
+  added in float64 in a fixed order: bitwise the same result for any thread count.
+  NOTE: [Small tensors in rows]: the tensors of at most ``BLOCK`` elements (most of a model's
+  parameters, by count) are laid end to end, per set, into zero-padded rows of a batch buffer of
+  at most ``BATCH_ELEMENTS`` (one ``torch.cat`` per set and batch, absent sets as zeros), so a
+  batch costs K copies and K(K+1)/2 ``vecdot`` calls whatever its tensor count: per-tensor ops
+  made the planned call cost 40x one ``_foreach_add_``. A larger tensor is cut into rows of its
+  own (its tail in float32), ``ROWS_PER_CALL`` rows per call with 16-bit rows upcast per slice, so
+  temporaries stay a few MB even for a 100M-element tensor.
 * Combine: ``y = sum_k w_k * float32(x_k) (+ float32(out))`` into fresh float32 temporaries,
   then ``out.copy_(y)``. Every input is read before any output is written, so ``out`` may alias
   any input (the same tensor in several sets included), and 16-bit gradients get float32
@@ -20,6 +24,8 @@ No ``torch.cat`` of gradients and no host synchronization.
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import List, Optional, Sequence
 
 import torch
@@ -28,6 +34,8 @@ from ...weighting.gh import solve_weights_torch
 from ..compose import harmonize_from
 
 BLOCK = 4096
+_DTYPE = operator.attrgetter("dtype")
+_flatten = torch._C._nn.flatten_dense_tensors
 ROWS_PER_CALL = 256  # rows per vecdot call: a 4 MB product temporary, not one the size of the tensor
 CHUNK = 1 << 20
 BATCH_ELEMENTS = 1 << 20
@@ -68,6 +76,53 @@ def _dot_pieces(a, b, scalars: List[torch.Tensor], rows: List[torch.Tensor]) -> 
         scalars.append(torch.dot(a[1], b[1]))  # at most BLOCK elements: serial
 
 
+def _layout(tensors, K: int, P: int):
+    """Per parameter: its element count and dtype (from the first set that has it), and which sets have it
+    (None: every set, the common case, found without a per-parameter loop)."""
+    if not any(map(operator.is_, tensors, itertools.repeat(None))):  # identity: `None in` would call Tensor.__eq__
+        firsts = tensors[:P]
+        return list(map(torch.Tensor.numel, firsts)), list(map(_DTYPE, firsts)), None
+    sizes, dtypes, present = [0] * P, [None] * P, []
+    for p in range(P):
+        have = tuple(k for k in range(K) if tensors[k * P + p] is not None)
+        present.append(have)
+        if have:
+            sizes[p], dtypes[p] = tensors[have[0] * P + p].numel(), tensors[have[0] * P + p].dtype
+    return sizes, dtypes, present
+
+
+def _small_batches(sizes, dtypes, present, K: int):
+    """NOTE: [Small tensors in rows]: parameters of 1..BLOCK elements grouped by (dtype, sets present) in
+    parameter order, cut into batches of at most BATCH_ELEMENTS elements; and the larger parameters."""
+    everyone = tuple(range(K))
+    if present is None and len(set(dtypes)) == 1 and max(sizes, default=0) <= BLOCK and min(sizes, default=1) > 0 \
+            and sum(sizes) <= BATCH_ELEMENTS:
+        return [(dtypes[0], everyone, list(range(len(sizes))))], []  # one batch: no per-parameter loop
+    groups, large = {}, []
+    for p, (n, dt) in enumerate(zip(sizes, dtypes)):
+        if n > BLOCK:
+            large.append(p)
+        elif n:
+            key = (dt, everyone if present is None else present[p])
+            batches = groups.setdefault(key, [[0, []]])
+            if batches[-1][0] + n > BATCH_ELEMENTS:
+                batches.append([0, []])
+            batches[-1][0] += n
+            batches[-1][1].append(p)
+    return [(dt, have, b) for (dt, have), bs in groups.items() for _, b in bs], large
+
+
+def _set_list(tensors, P: int, k: int, batch: List[int]):
+    """Set k's tensors of ``batch`` (a slice when the batch is the whole list)."""
+    return tensors[k * P:(k + 1) * P] if len(batch) == P else [tensors[k * P + p] for p in batch]
+
+
+def _flat(ts) -> torch.Tensor:
+    """Tensors end to end, in one C++ call: ``torch.cat`` when they are all 1-D (a fifth of a foreach op per
+    tensor), else torch's flatten_dense_tensors (as DDP's buckets; a view per tensor)."""
+    return torch.cat(ts) if set(map(torch.Tensor.dim, ts)) == {1} else _flatten(ts)
+
+
 def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
     """K x K Gram matrix (float32; float64 when a gradient is float64) of ``num_sets`` sets laid out set-major."""
     K = num_sets
@@ -76,7 +131,14 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     pairs = [(i, j) for i in range(K) for j in range(i, K)]
     scalars: List[List[torch.Tensor]] = [[] for _ in pairs]
     rows: List[List[torch.Tensor]] = [[] for _ in pairs]
-    for p in range(P):
+    sizes, dtypes, present = _layout(tensors, K, P)
+    batches, large = _small_batches(sizes, dtypes, present, K)
+    for dtype, have, batch in batches:  # NOTE: [Small tensors in rows]
+        flats = [_split(_flat(_set_list(tensors, P, k, batch))) if k in have else None for k in range(K)]
+        for q, (i, j) in enumerate(pairs):
+            if flats[i] is not None and flats[j] is not None:
+                _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
+    for p in large:
         flats = [None if tensors[k * P + p] is None else _split(tensors[k * P + p].reshape(-1)) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
@@ -86,7 +148,7 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     for sc, rw in zip(scalars, rows):
         pieces = rw + ([torch.stack(sc)] if sc else [])
         sums.append(_fixed_order_sum(torch.cat([x.double() for x in pieces])) if pieces else zero)
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32  # the sets share each parameter's dtype
     vals = torch.stack(sums).to(dtype)
     G = torch.zeros(K, K, dtype=dtype, device=device)
     iu = torch.triu_indices(K, K, device=device)
@@ -95,10 +157,12 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
     return G
 
 
-def _chunks(out, tensors, num_sets):
-    """(out, [input per set or None]) items: large contiguous parameters as flat CHUNK-element pieces."""
+def _chunks(out, tensors, num_sets, params=None):
+    """(out, [input per set or None]) items of ``params`` (default all): large contiguous parameters as flat
+    CHUNK-element pieces."""
     P = len(out)
-    for p, o in enumerate(out):
+    for p in range(P) if params is None else params:
+        o = out[p]
         ins = [tensors[k * P + p] for k in range(num_sets)]
         if o.numel() > CHUNK and o.is_contiguous() and all(t is None or t.is_contiguous() for t in ins):
             flat_o, flat_in = o.view(-1), [None if t is None else t.view(-1) for t in ins]
@@ -119,6 +183,37 @@ def _batches(items):
     return batches + ([current] if current else [])
 
 
+def _combine_lists(outs, ins, have, w_k, acc, dtype, accumulate: bool, chain: bool = False) -> None:
+    """outs (+)= sum over the present sets of w_k * ins[k], every input read before an out is written.
+    NOTE: [In-place chains]: for whole tensors (``chain``; not chunk views), without accumulation, in the
+    accumulation dtype, the sum is built in the outs themselves when no out shares memory with an input
+    (copy, scale, addcmul: no temporaries) or when every out is set j's memory (out=g_j: scale it, then add
+    the others). The out= rules (ops/memory.py) allow an out to share memory only as exactly its own
+    parameter's input, so equal data pointers are the whole test. Otherwise foreach ops into temporaries,
+    converted only when the dtype is not the accumulation dtype."""
+    if chain and not accumulate and acc == dtype:
+        out_ptrs = list(map(torch.Tensor.data_ptr, outs))
+        aliased = [k for k in have if any(map(operator.eq, out_ptrs, map(torch.Tensor.data_ptr, ins[k])))]
+        first = aliased[0] if len(aliased) == 1 and list(map(torch.Tensor.data_ptr, ins[aliased[0]])) == out_ptrs else None
+        if not aliased or first is not None:
+            rest = [k for k in have if k != first]
+            if first is None:
+                first = rest.pop(0)
+                torch._foreach_copy_(outs, ins[first])
+            torch._foreach_mul_(outs, w_k[first])
+            for k in rest:
+                torch._foreach_addcmul_(outs, ins[k], [w_k[k]] * len(outs))
+            return
+    if acc != dtype:
+        ins = [None if ts is None else [t.to(acc) for t in ts] for ts in ins]
+    y = torch._foreach_mul(ins[have[0]], w_k[have[0]])
+    for k in have[1:]:
+        torch._foreach_addcmul_(y, ins[k], [w_k[k]] * len(outs))
+    if accumulate:
+        torch._foreach_add_(y, outs if acc == dtype else [o.to(acc) for o in outs])
+    torch._foreach_copy_(outs, y)
+
+
 def combine_(
     out: Sequence[torch.Tensor],
     tensors: Sequence[Optional[torch.Tensor]],
@@ -127,28 +222,39 @@ def combine_(
     accumulate: bool,
 ) -> None:
     """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32 (float64 for float64
-    gradients), then written."""
-    K = num_sets
+    gradients), then written: foreach ops over batches of parameters with the same dtype and sets present."""
+    K, P = num_sets, len(out)
     w_by_acc = {}  # accumulation dtype -> the weights in it, converted once and only when a group needs it
-    groups = {}  # items with the same present sets and accumulation dtype: a few foreach calls per batch
-    for o, ins in _chunks(out, tensors, K):
-        groups.setdefault((tuple(k for k in range(K) if ins[k] is not None), _acc(o.dtype)), []).append((o, ins))
-    for (present, acc), items in groups.items():
+
+    def w_in(acc):
         if acc not in w_by_acc:
             w_by_acc[acc] = list(weights.to(acc))
-        w_k = w_by_acc[acc]
+        return w_by_acc[acc]
+
+    sizes, dtypes, present = _layout(tensors, K, P)
+    batches, large = _small_batches(sizes, dtypes, present, K)
+    for dtype, have, batch in batches:
+        outs = out if len(batch) == P else [out[p] for p in batch]
+        if not have:
+            if not accumulate:
+                torch._foreach_zero_(outs)
+            continue
+        acc = _acc(dtype)
+        ins = [_set_list(tensors, P, k, batch) if k in have else None for k in range(K)]
+        _combine_lists(outs, ins, have, w_in(acc), acc, dtype, accumulate, chain=True)
+    groups = {}  # large items with the same sets present and dtype
+    for o, ins in _chunks(out, tensors, K, large):
+        groups.setdefault((tuple(k for k in range(K) if ins[k] is not None), o.dtype), []).append((o, ins))
+    for (have, dtype), items in groups.items():
         for batch in _batches(items):
             outs = [o for o, _ in batch]
-            if not present:
+            if not have:
                 if not accumulate:
                     torch._foreach_zero_(outs)
                 continue
-            y = torch._foreach_mul([ins[present[0]].to(acc) for _, ins in batch], w_k[present[0]])
-            for k in present[1:]:
-                torch._foreach_addcmul_(y, [ins[k].to(acc) for _, ins in batch], [w_k[k]] * len(batch))
-            if accumulate:
-                torch._foreach_add_(y, [o.to(acc) for o in outs])
-            torch._foreach_copy_(outs, y)
+            acc = _acc(dtype)
+            ins = [[i[k] for _, i in batch] if k in have else None for k in range(K)]
+            _combine_lists(outs, ins, have, w_in(acc), acc, dtype, accumulate)
 
 
 def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
