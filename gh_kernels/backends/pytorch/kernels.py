@@ -143,18 +143,37 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    sums = []
-    for sc, rw in zip(scalars, rows):
-        pieces = rw + ([torch.stack(sc)] if sc else [])
-        sums.append(_fixed_order_sum(torch.cat([x.double() for x in pieces])) if pieces else zero)
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32  # the sets share each parameter's dtype
-    vals = torch.stack(sums).to(dtype)
-    G = torch.zeros(K, K, dtype=dtype, device=device)
-    iu = torch.triu_indices(K, K, device=device)
-    G[iu[0], iu[1]] = vals
-    G[iu[1], iu[0]] = vals
-    return G
+    pieces = [rw + ([torch.stack(sc)] if sc else []) for sc, rw in zip(scalars, rows)]
+    if all(len(x) == len(pieces[0]) and all(a.shape == b.shape for a, b in zip(x, pieces[0])) for x in pieces) and pieces[0]:
+        # every pair has the same pieces (no absent sets): one batched fixed-order sum for all pairs
+        sums = _fixed_order_sum_rows(torch.stack([torch.cat(x) for x in pieces]).double())
+    else:
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        sums = torch.stack([_fixed_order_sum(torch.cat([v.double() for v in x])) if x else zero for x in pieces])
+    return sums.to(dtype)[_pair_index(K, device)].view(K, K)
+
+
+def _fixed_order_sum_rows(m: torch.Tensor) -> torch.Tensor:
+    """:func:`_fixed_order_sum` of each row of a float64 matrix, in one pass for all rows (the same order)."""
+    while m.shape[1] > BLOCK:
+        pad = (-m.shape[1]) % BLOCK
+        if pad:
+            m = torch.cat([m, m.new_zeros(m.shape[0], pad)], dim=1)
+        m = m.view(m.shape[0], -1, BLOCK).sum(2)
+    return m.sum(1)
+
+
+_PAIR_INDEX = {}
+
+
+def _pair_index(K: int, device: torch.device) -> torch.Tensor:
+    """(K*K,) index of pair (min(a, b), max(a, b)) in the upper-triangle order of gram's pairs, per device."""
+    key = (K, str(device))
+    if key not in _PAIR_INDEX:
+        q = {(i, j): n for n, (i, j) in enumerate((i, j) for i in range(K) for j in range(i, K))}
+        _PAIR_INDEX[key] = torch.tensor([q[min(a, b), max(a, b)] for a in range(K) for b in range(K)], device=device)
+    return _PAIR_INDEX[key]
 
 
 def _chunks(out, tensors, num_sets, params=None):
