@@ -48,6 +48,7 @@ def _plain_then_harmonized(model, forward, make_step, losses_of, batches):
     return grads, step
 
 
+@pytest.mark.slow  # 8-28 s (compiling the DANN model); the K-loss test below covers the same engine path in 4 s
 def test_compiled_model_whatever_ran_first():
     """torch.compile on the model, a plain backward through it before the Harmonizer exists and between
     harmonized steps (compiled backward functions donate their buffers by default, which breaks the
