@@ -45,6 +45,11 @@ _MOVED = {"HarmonizePlan": ("gh_kernels.plan(g1, g2, ...), which returns a gh_ke
           "multitask_harmonizer": ("gh_kernels.harmonizer", lambda: _harmonizer)}
 for _old, _new in (("methods", "gh"), ("multitask", None)):
     _sys.modules.setdefault(f"gh_kernels.{_old}", _weighting if _new is None else getattr(_weighting, _new))
+# 0.1's submodule paths (gh_kernels.multitask.stateful, ...) are the same module objects as the new ones: importing
+# them by the old path must not load a second copy (its GradVac would be another class, refused by the step).
+for _name, _module in list(_sys.modules.items()):
+    if _name.startswith("gh_kernels.weighting."):
+        _sys.modules.setdefault("gh_kernels.multitask." + _name[len("gh_kernels.weighting."):], _module)
 _sys.modules.setdefault("gh_kernels.multitask_harmonizer", _harmonizer)
 
 

@@ -203,7 +203,8 @@ def plan(*grads: GradSet, out: Optional[Sequence[torch.Tensor]] = None, method: 
     :func:`gh_kernels.weights` (``kappa`` for GH++). Building a plan computes nothing."""
     names = _set_names(len(grads))
     sets, device = check_grad_sets(list(grads), set_names=names)
-    weighting = resolve(method, len(sets), options, backend=backend)
+    # one batch: MoDo and SDMGrad (two batches) are refused here, as aggregate and backward refuse them
+    weighting = resolve(method, len(sets), options, backend=backend, cross_batch=False)
     if out is not None:
         check_out(list(as_set(out, "out")), sets, set_names=names)
     return Plan(weighting, device, backend, num_params=len(sets[0]))

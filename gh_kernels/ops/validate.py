@@ -175,14 +175,16 @@ def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], n
             refs = [r if r is not None else t for r, t in zip(refs, s)]
     device = next(r.device for r in refs if r is not None)
     tracing = torch.compiler.is_compiling()  # traced tensors have no inference flag (nor addresses: memory.py)
+    # an inference tensor can be written in place inside inference mode (as torch's own in-place ops allow)
+    inference_ok = tracing or torch.is_inference_mode_enabled()
     if not tracing and not has_none(refs) and all(map(isinstance, out, itertools.repeat(torch.Tensor))):  # [Checks by map]
         if (not any(map(_REQUIRES_GRAD, out)) and set(map(_LAYOUT, out)) == {torch.strided}
                 and list(map(_DTYPE, out)) == list(map(_DTYPE, refs)) and list(map(_SHAPE, out)) == list(map(_SHAPE, refs))
-                and set(map(_DEVICE, out)) == {device} and (tracing or not any(map(torch.Tensor.is_inference, out)))):
+                and set(map(_DEVICE, out)) == {device} and (inference_ok or not any(map(torch.Tensor.is_inference, out)))):
             check_out_aliasing(out, sets, name, set_names)
             return
     for p, (o, ref) in enumerate(zip(out, refs)):  # one comparison chain per parameter, naming the first refused
-        if isinstance(o, torch.Tensor) and not o.requires_grad and o.layout is torch.strided and (tracing or not o.is_inference()) and (
+        if isinstance(o, torch.Tensor) and not o.requires_grad and o.layout is torch.strided and (inference_ok or not o.is_inference()) and (
                 o.dtype in SUPPORTED_DTYPES if ref is None else (o.dtype is ref.dtype and o.shape == ref.shape)) \
                 and o.device == device:
             continue

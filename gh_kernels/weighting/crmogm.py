@@ -25,15 +25,21 @@ class CRMOGM(StatefulMethod):
     STATE = ("lam",)
 
     def __init__(self, method="upgrad", alpha: float = 0.9, initial_weights: Optional[torch.Tensor] = None, **options):
-        from . import resolve
-        if getattr(method, "cross_batch", False) or isinstance(method, CRMOGM):
-            raise ValueError(f"method of CRMOGM must be a Gram-based method; got {type(method).__name__}")
+        from . import COORDINATE_METHODS, resolve
+        # Only methods whose weights are a function of one Gram matrix can be averaged: not the per-coordinate
+        # ones (no weights), ExcessMTL (reads the gradients), MoDo/SDMGrad (two batches) or another CRMOGM.
+        if getattr(method, "cross_batch", False) or getattr(method, "reads_gradients", False) \
+                or isinstance(method, CRMOGM) or (isinstance(method, str) and method in COORDINATE_METHODS):
+            name = method if isinstance(method, str) else type(method).__name__
+            raise ValueError(f"method of CRMOGM must have weights from one Gram matrix (not per-coordinate, not "
+                             f"reading the gradients, not two batches); got {name!r}")
         resolve(method, None, options)  # unknown methods and options fail here
         self.method, self.options = method, dict(options)
         self.alpha = float(check_number("alpha", alpha, 0.0, 1.0))
         if initial_weights is not None:
-            if not isinstance(initial_weights, torch.Tensor) or initial_weights.dim() != 1 or not initial_weights.is_floating_point():
-                raise ValueError("initial_weights must be a 1-D float tensor of K values or None")
+            if not isinstance(initial_weights, torch.Tensor) or initial_weights.dim() != 1 or not initial_weights.is_floating_point() \
+                    or initial_weights.device.type == "meta":
+                raise ValueError("initial_weights must be a 1-D float tensor of K values with data (not meta), or None")
             if not tracing() and not bool(torch.isfinite(initial_weights).all()):  # read once, at construction
                 raise ValueError(f"initial_weights must be finite; got {initial_weights.tolist()}")
             initial_weights = initial_weights.detach().to(torch.float64, copy=True)

@@ -88,6 +88,8 @@ class SDMGrad(CrossBatchMethod):
         self.lambda_ = float(check_number("lambda_", lambda_, 0.0))
         if pref_vector is not None:
             from . import _check_pref
+            if isinstance(pref_vector, torch.Tensor) and pref_vector.dim() != 1:
+                raise ValueError(f"pref_vector of sdmgrad must be a 1-D tensor of K values; got shape {tuple(pref_vector.shape)}")
             pref_vector = _check_pref("sdmgrad", pref_vector, len(pref_vector) if hasattr(pref_vector, "__len__") else -1)
         self.pref_vector = pref_vector
         super().__init__(None)
