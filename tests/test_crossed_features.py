@@ -66,3 +66,63 @@ def test_minor_options_raise_value_errors_naming_them():
         gh_kernels.SDMGrad(pref_vector=torch.tensor(0.5))
     with pytest.raises(ValueError, match=r"initial_weights must be a 1-D float tensor .* \(not meta\)"):
         gh_kernels.CRMOGM("upgrad", initial_weights=torch.ones(3, device="meta"))
+
+
+def _stepped(method, K=3, seed=0):
+    J = torch.randn(K, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    sets = [[row.float()] for row in J]
+    if getattr(method, "cross_batch", False):
+        gh_kernels.aggregate(sets, method, second_batch=sets)
+    else:
+        gh_kernels.aggregate(sets, method)
+    return method
+
+
+@pytest.mark.parametrize("saved, loading, option", [
+    (lambda: gh_kernels.CRMOGM("cagrad", c=0.5), lambda: gh_kernels.CRMOGM("cagrad", c=0.2), "options"),
+    (lambda: gh_kernels.CRMOGM("upgrad", pref_vector=torch.tensor([1.0, 2.0, 3.0])),
+     lambda: gh_kernels.CRMOGM("upgrad", pref_vector=torch.tensor([3.0, 2.0, 1.0])), "options"),
+    (lambda: gh_kernels.CRMOGM("mean", initial_weights=torch.tensor([0.2, 0.3, 0.5])),
+     lambda: gh_kernels.CRMOGM("mean", initial_weights=torch.tensor([0.5, 0.3, 0.2])), "initial_weights")])
+def test_7_crmogm_checks_the_wrapped_methods_options_at_load(saved, loading, option):
+    state = _stepped(saved()).state_dict()
+    target = loading()
+    with pytest.raises(ValueError, match=f"state_dict was saved with {option}="):
+        target.load_state_dict(state)
+    assert target.lam is None
+
+
+def _bad_states():
+    """(label, method factory, how to spoil its state_dict, the error's words)."""
+    def field(key, value):
+        return lambda sd: sd["state"].__setitem__(key, value)
+    return [
+        ("gradvac phi_hat shape", gh_kernels.GradVac, field("phi_hat", torch.zeros(3, 2, dtype=torch.float64)), "shape"),
+        ("modo lam int64", gh_kernels.MoDo, field("lam", torch.ones(3, dtype=torch.int64)), "must be torch.float64"),
+        ("nash solved float", gh_kernels.NashMTL, field("solved", torch.tensor(1.0)), "must be torch.bool"),
+        ("excess K mismatch", gh_kernels.ExcessMTL, field("baseline", torch.ones(4, dtype=torch.float64)), "K = 3"),
+        ("pcd partly empty", gh_kernels.PCD, field("n_steps", None), "partly empty"),
+        ("gradvac generator state", lambda: gh_kernels.GradVac(generator=torch.Generator().manual_seed(1)),
+         lambda sd: sd.__setitem__("generator_state", torch.zeros(3, dtype=torch.uint8)), "generator_state"),
+        ("excess sums", gh_kernels.ExcessMTL, field("sq_grad_sum", [torch.ones(2, dtype=torch.int64)] * 3), "sq_grad_sum"),
+        ("crmogm inner", lambda: gh_kernels.CRMOGM(gh_kernels.NashMTL()),
+         lambda sd: sd["inner"]["state"].__setitem__("step", torch.tensor(1.5)), "must be torch.int64"),
+    ]
+
+
+@pytest.mark.parametrize("label, make, spoil, words", _bad_states(), ids=[b[0] for b in _bad_states()])
+def test_8_load_state_dict_checks_everything_before_it_sets_anything(label, make, spoil, words):
+    """Wrong shapes and dtypes loaded silently (then an IndexError at the next step), and a bad generator
+    state raised only after phi_hat was replaced."""
+    import copy
+    good = _stepped(make()).state_dict()
+    bad = copy.deepcopy(good)
+    spoil(bad)
+    target = _stepped(make(), seed=1)
+    before = copy.deepcopy(target.state_dict())
+    with pytest.raises(ValueError, match=words):
+        target.load_state_dict(bad)
+    after = target.state_dict()
+    assert str(after) == str(before)
+    target.load_state_dict(good)  # the good one still loads and the method steps
+    _stepped(target)

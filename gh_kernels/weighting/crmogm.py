@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .linalg import tracing
-from .stateful import State, StatefulMethod, _finite_or_identity, check_number
+from .stateful import State, StatefulMethod, _finite_or_identity, check_number, comparable
 
 
 class CRMOGM(StatefulMethod):
@@ -22,7 +22,7 @@ class CRMOGM(StatefulMethod):
     State: ``lam`` ((K,) float64, the last smoothed weights) and the wrapped method's state."""
 
     name = "cr-mogm"
-    STATE = ("lam",)
+    SCHEMA = {"lam": (("K",), torch.float64)}
 
     def __init__(self, method="upgrad", alpha: float = 0.9, initial_weights: Optional[torch.Tensor] = None, **options):
         from . import COORDINATE_METHODS, resolve
@@ -48,7 +48,11 @@ class CRMOGM(StatefulMethod):
         super().__init__(getattr(method, "generator", None) or options.get("generator"))
 
     def _config(self) -> dict:
-        return {"method": getattr(self.method, "name", self.method), "alpha": self.alpha}
+        """The wrapped method's options and the initial weights are part of it: a state saved with other
+        ones is refused at load time (NOTE: [State schema])."""
+        return {"method": getattr(self.method, "name", self.method), "alpha": self.alpha,
+                "options": {k: comparable(v) for k, v in sorted(self.options.items())},
+                "initial_weights": comparable(self.initial_weights)}
 
     def reset(self) -> None:
         super().reset()
@@ -90,17 +94,16 @@ class CRMOGM(StatefulMethod):
             out["inner"] = self.method.state_dict()
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def check_state_dict(self, state_dict: dict) -> None:
         inner = isinstance(self.method, StatefulMethod)
         if isinstance(state_dict, dict) and ("inner" in state_dict) != inner:
             raise ValueError("state_dict and this CRMOGM differ in wrapping a stateful method")
+        super().check_state_dict(state_dict)
         if inner:
-            saved = self.method.state_dict()
+            self.method.check_state_dict(state_dict["inner"])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.check_state_dict(state_dict)  # the wrapped method's part too, before anything is set
+        super().load_state_dict(state_dict)
+        if isinstance(self.method, StatefulMethod):
             self.method.load_state_dict(state_dict["inner"])
-            try:
-                super().load_state_dict({k: v for k, v in state_dict.items() if k != "inner"})
-            except BaseException:
-                self.method.load_state_dict(saved)
-                raise
-        else:
-            super().load_state_dict(state_dict)

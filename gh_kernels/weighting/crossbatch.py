@@ -22,7 +22,7 @@ from .stateful import State, StatefulMethod, _finite_or_identity, check_number
 class CrossBatchMethod(StatefulMethod):
     """A stateful method whose input is the cross-batch matrix ``J_1 J_2^T``; state: ``lam`` ((K,) float64)."""
 
-    STATE = ("lam",)
+    SCHEMA = {"lam": (("K",), torch.float64)}
     cross_batch = True
 
     def _start(self, K: int, device) -> torch.Tensor:

@@ -32,7 +32,9 @@ class ExcessMTL(StatefulMethod):
     task and parameter, set-major like the op's lists; None where a task never reached a parameter)."""
 
     name = "excess-mtl"
-    STATE = ("lam", "baseline", "warmup_sum", "n_steps", "sq_grad_sum")
+    # sq_grad_sum: a list per parameter of (K, *shape) tensors, checked by check_state_dict below
+    SCHEMA = {"lam": (("K",), torch.float64), "baseline": (("K",), torch.float64), "warmup_sum": (("K",), torch.float64),
+              "n_steps": ((), torch.int64), "sq_grad_sum": None}
     reads_gradients = True
 
     def __init__(self, robust_step_size: float = 1.0, n_warmup_steps: int = 0):
@@ -148,14 +150,29 @@ class ExcessMTL(StatefulMethod):
         out["state"]["sq_grad_sum"] = None if sums is None else [None if t is None else t.detach().clone() for t in sums]
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
-            raise ValueError("state_dict must be what ExcessMTL.state_dict() returned")
-        sums = state_dict["state"].get("sq_grad_sum")
-        if sums is not None and not isinstance(sums, (list, tuple)):
+    def check_state_dict(self, state_dict: dict) -> None:
+        """NOTE: [State schema], and ``sq_grad_sum``: None, or a list of K x (parameters) entries, each None or a
+        floating-point tensor with data."""
+        super().check_state_dict(state_dict)
+        sums, lam = state_dict["state"]["sq_grad_sum"], state_dict["state"]["lam"]
+        if sums is None:
+            return
+        if not isinstance(sums, (list, tuple)):
             raise ValueError("state_dict['state']['sq_grad_sum'] must be a list of tensors or None")
-        inner = dict(state_dict, state=dict(state_dict["state"], sq_grad_sum=None))
-        super().load_state_dict(inner)
+        if lam is None or len(sums) % lam.shape[0]:
+            raise ValueError(f"state_dict['state']['sq_grad_sum'] holds {len(sums)} entries: not K = "
+                             f"{None if lam is None else lam.shape[0]} sets of the same parameters")
+        for i, t in enumerate(sums):
+            if t is not None and (not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.device.type == "meta"):
+                raise ValueError(f"state_dict['state']['sq_grad_sum'][{i}] must be a floating-point tensor with data or None")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.check_state_dict(state_dict)
+        sums = state_dict["state"]["sq_grad_sum"]
+        for key in self.STATE[:4]:
+            value = state_dict["state"][key]
+            setattr(self, key, None if value is None else value.detach().clone())
         self.sq_grad_sum = None if sums is None else [None if t is None else t.detach().clone() for t in sums]
+        self._spare = None
 
 

@@ -46,7 +46,7 @@ class PCD(StatefulMethod):
     """
 
     name = "pcd"
-    STATE = ("sq_norm_ema", "n_steps")
+    SCHEMA = {"sq_norm_ema": (("K",), torch.float64), "n_steps": ((), torch.int64)}
 
     def __init__(self, tau: Union[float, torch.Tensor] = 0.02, beta: float = 0.999, eps: float = 1e-8):
         if isinstance(tau, torch.Tensor):

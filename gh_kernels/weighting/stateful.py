@@ -48,12 +48,32 @@ def _finite_or_identity(G: torch.Tensor):
 State = Dict[str, Optional[torch.Tensor]]
 
 
+def comparable(value):
+    """An option as it is compared between a saved state and an object: tensors as lists, a generator by kind."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, torch.Generator):
+        return "generator"
+    return value
+
+
 class StatefulMethod:
-    """Base of the stateful methods. Subclasses define ``STATE`` (the state's names), ``_config()`` and
-    ``propose(G) -> (weights, new state)``; see the module's NOTE: [State changes after success]."""
+    """Base of the stateful methods. Subclasses define ``SCHEMA`` (NOTE: [State schema]), ``_config()`` and
+    ``propose(G) -> (weights, new state)``; see the module's NOTE: [State changes after success].
+
+    NOTE: [State schema]: ``SCHEMA`` maps each state field to its shape, in units of the number of tasks
+    ``"K"`` (``()`` for a scalar), and its dtype. :meth:`load_state_dict` checks a whole ``state_dict``
+    against it (every field present, a tensor or None, one K for all fields, all set or all empty, the
+    dtype and shape, the options, the generator state) before it sets anything, so a bad checkpoint
+    raises at load time, naming the field, and leaves the object as it was."""
 
     name = ""
+    SCHEMA: Dict[str, Tuple[tuple, torch.dtype]] = {}
     STATE: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.STATE = tuple(cls.SCHEMA)
 
     def __init__(self, generator: Optional[torch.Generator] = None):
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -114,10 +134,10 @@ class StatefulMethod:
             out["generator_state"] = self.generator.get_state()
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Restore what :meth:`state_dict` returned. The options must be the ones this object was built
-        with (ValueError naming the first that differs); everything is checked before anything is set."""
-        if not isinstance(state_dict, dict) or "state" not in state_dict or "config" not in state_dict:
+    def check_state_dict(self, state_dict: dict) -> None:
+        """NOTE: [State schema]: raise ValueError naming what in ``state_dict`` does not fit this object."""
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) \
+                or not isinstance(state_dict.get("config"), dict):
             raise ValueError(f"state_dict must be what {type(self).__name__}.state_dict() returned (keys 'state', 'config')")
         for key, value in self._config().items():
             if state_dict["config"].get(key) != value:
@@ -126,8 +146,40 @@ class StatefulMethod:
         state = state_dict["state"]
         if set(state) != set(self.STATE):
             raise ValueError(f"state_dict['state'] must hold {', '.join(self.STATE)}; got {', '.join(state)}")
+        K, empty = None, []
+        checked = {key: spec for key, spec in self.SCHEMA.items() if spec is not None}  # None: the subclass checks it
+        for key, (shape, dtype) in checked.items():
+            value, where = state[key], f"state_dict['state'][{key!r}]"
+            if value is None:
+                empty.append(key)
+                continue
+            if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+                raise ValueError(f"{where} must be a tensor with data or None; got {type(value).__name__}")
+            if value.dtype != dtype:
+                raise ValueError(f"{where} must be {dtype}; got {value.dtype}")
+            if value.dim() != len(shape):
+                raise ValueError(f"{where} must have shape {shape}; got {tuple(value.shape)}")
+            for size, spec in zip(value.shape, shape):
+                K = size if spec == "K" and K is None else K
+                if size != (K if spec == "K" else spec):
+                    raise ValueError(f"{where} has shape {tuple(value.shape)}; expected {shape} with K = {K} "
+                                     "(every field of one state has the same number of tasks)")
+        if empty and len(empty) != len(checked):
+            raise ValueError(f"state_dict['state'] is partly empty ({', '.join(empty)} None): a state is all set or all None")
         if ("generator_state" in state_dict) != (self.generator is not None):
             raise ValueError("state_dict and this object differ in having a generator")
+        if self.generator is not None:
+            try:
+                torch.Generator(device=self.generator.device).set_state(state_dict["generator_state"])
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"state_dict['generator_state'] is not a generator state of this device: {e}") from None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` returned. The options must be the ones this object was built
+        with (ValueError naming the first that differs); everything is checked before anything is set
+        (NOTE: [State schema])."""
+        self.check_state_dict(state_dict)
+        state = state_dict["state"]
         for key in self.STATE:
             value = state[key]
             setattr(self, key, None if value is None else value.detach().clone())
@@ -150,7 +202,7 @@ class GradVac(StatefulMethod):
     """
 
     name = "gradvac"
-    STATE = ("phi_hat",)
+    SCHEMA = {"phi_hat": (("K", "K"), torch.float64)}
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8, generator: Optional[torch.Generator] = None):
         self.beta = float(check_number("beta", beta, 0.0, 1.0))
@@ -214,7 +266,7 @@ class NashMTL(StatefulMethod):
     """
 
     name = "nash-mtl"
-    STATE = ("alpha", "solved", "step")
+    SCHEMA = {"alpha": (("K",), torch.float64), "solved": ((), torch.bool), "step": ((), torch.int64)}
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1, newton_iters: int = 20, reg_eps: float = 1e-8):
         self.max_norm = float(check_number("max_norm", max_norm, 0.0))
