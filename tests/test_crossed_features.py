@@ -126,3 +126,21 @@ def test_8_load_state_dict_checks_everything_before_it_sets_anything(label, make
     assert str(after) == str(before)
     target.load_state_dict(good)  # the good one still loads and the method steps
     _stepped(target)
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_4_cross_batch_out_in_a_later_block_is_read_before_it_is_written(view):
+    """Cross-batch aggregate, K = 5 (10 sets: blocks of 8), cpu: an out that is (a view of) an input of the
+    second block was overwritten by the first block before it was read (error 0.2): the guard compared objects."""
+    if "cpu" not in gh_kernels.available_backends():
+        pytest.skip("the C++ CPU kernels (blocks of 8 sets) are not built")
+    gen = torch.Generator().manual_seed(3)
+    K = 5
+    first = [[torch.randn(7, generator=gen), torch.randn(2, 3, generator=gen)] for _ in range(K)]
+    second = [[torch.randn(7, generator=gen), torch.randn(2, 3, generator=gen)] for _ in range(K)]
+    want = gh_kernels.aggregate(first, gh_kernels.MoDo(), second_batch=second, backend="torch")
+    target = second[K - 1]
+    out = [t.view_as(t) for t in target] if view else target
+    res = gh_kernels.aggregate(first, gh_kernels.MoDo(), second_batch=second, out=out, backend="cpu")
+    for o, w in zip(res.out, want.out):
+        torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-6)

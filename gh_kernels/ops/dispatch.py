@@ -72,15 +72,17 @@ def cross_gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend
 def combine_sets(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device,
                  out: Optional[List[TensorOrNone]], accumulate: bool, backend: Optional[str]) -> List[TensorOrNone]:
     """:func:`combine` for any number of sets: above the kernels' MAX_SETS, one call per block of sets (the
-    later ones accumulating), unless an ``out`` tensor is an input of a later block (it would be read after
-    being written): then one call on the torch backend. ``out=None``: new tensors, as :func:`combine`."""
+    later ones accumulating), unless an ``out`` tensor shares memory with an input of a later block (it would
+    be read after being written): then one call on the torch backend. ``out=None``: new tensors, as :func:`combine`."""
     name = backends.resolve(backend, device, min(len(sets), MAX_SETS))
     limit = backends.BACKENDS[name].max_sets
     if limit is None or len(sets) <= limit:
         return combine(w, sets, device, out, accumulate, name)
     out = new_outs(sets) if out is None else out
-    later = {id(t) for s in sets[limit:] for t in s if t is not None}
-    if any(o is not None and id(o) in later for o in out):
+    # by memory, not by object: a view of a later block's input would be written before it is read (the out=
+    # rules leave exact same-memory aliasing of a parameter's own input as the only sharing, so addresses tell)
+    later = {t.data_ptr() for s in sets[limit:] for t in s if t is not None and t.numel()}
+    if any(o is not None and o.numel() and o.data_ptr() in later for o in out):
         return combine(w, sets, device, out, accumulate, "torch")
     for start in range(0, len(sets), limit):
         combine(w[start:start + limit], sets[start:start + limit], device, out, accumulate or start > 0, name)
