@@ -144,3 +144,28 @@ def test_4_cross_batch_out_in_a_later_block_is_read_before_it_is_written(view):
     res = gh_kernels.aggregate(first, gh_kernels.MoDo(), second_batch=second, out=out, backend="cpu")
     for o, w in zip(res.out, want.out):
         torch.testing.assert_close(o, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("K", [2, 5])
+def test_5_surgery_with_two_batches(backend, K):
+    """Surgery mode with second_losses=: the parameters outside shared got g + g' (twice the two-batch mean the
+    trunk's sum convention gives), and K = 5 (10 sets) raised "at most 8 gradient sets" on cpu."""
+    from models import KHeadNet
+    torch.manual_seed(0)
+    model = KHeadNet(K)
+    gen = torch.Generator().manual_seed(K)
+    b1 = (torch.randn(6, 6, generator=gen), torch.randn(6, K, generator=gen))
+    b2 = (torch.randn(6, 6, generator=gen), torch.randn(6, K, generator=gen))
+    losses = lambda b: model.losses(*b)  # noqa: E731
+    trunk = list(model.trunk.parameters())
+    trunk_ids = {id(p) for p in trunk}
+    h = gh_kernels.MultiTaskHarmonizer(model.parameters(), shared=trunk, method=gh_kernels.MoDo(), mode="surgery",
+                                       backend=backend)
+    h.backward(losses(b1), second_losses=losses(b2))
+    heads = [p for p in model.parameters() if id(p) not in trunk_ids]
+    got = [p.grad.clone() for p in heads]
+    model.zero_grad(set_to_none=True)
+    want = [(a + b) / 2 for a, b in zip(torch.autograd.grad(sum(losses(b1)), heads),
+                                         torch.autograd.grad(sum(losses(b2)), heads))]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

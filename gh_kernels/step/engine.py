@@ -212,8 +212,10 @@ class Engine:
         try:
             if found:
                 write.check_targets(found, sets, names)
-            ones = torch.ones(K, dtype=torch.float32 if w is None else w.dtype, device=device)
-            write.write_groups(found, sets, weighted, scaled(ones, scales), self.backend, device)
+            # surgery's plain parameters: sum_k g_k, each task's gradient the mean of its two batches when there
+            # are two (the weighting's own combine_weights, as for the shared ones)
+            ones = torch.ones(K // 2 if self._cross else K, dtype=torch.float32 if w is None else w.dtype, device=device)
+            write.write_groups(found, sets, weighted, weighting.combine_weights(scaled(ones, scales)), self.backend, device)
             if self.sync == "local":
                 write.finish_local(found, state, self.process_group)
         except BaseException:

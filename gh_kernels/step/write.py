@@ -96,7 +96,7 @@ def write_groups(found: Targets, sets, write_weighted, plain_weights: torch.Tens
         idx = [found.index[j] for j in members]
         sub_sets, outs = [[s[i] for i in idx] for s in sets], [found.out[j] for j in members]
         if use_plain:
-            dispatch.combine(plain_weights, sub_sets, device, outs, accumulate, backend)
+            dispatch.combine_sets(plain_weights, sub_sets, device, outs, accumulate, backend)  # any number of sets
         else:
             write_weighted(sub_sets, outs, accumulate)
 
