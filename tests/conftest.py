@@ -21,6 +21,16 @@ settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("explore", max_examples=1000, derandomize=False, **_COMMON)
 settings.load_profile(os.environ.get("GH_HYPOTHESIS_PROFILE", "ci"))
 
+# The fuzzer's seed (tests/test_fuzz.py): 0 for the CI budget; the long profile (GH_FUZZ_LONG=1) draws one,
+# printed in the report header so a failure can be replayed with GH_FUZZ_SEED.
+if os.environ.get("GH_FUZZ_LONG") == "1" and "GH_FUZZ_SEED" not in os.environ:
+    os.environ["GH_FUZZ_SEED"] = str(int.from_bytes(os.urandom(4), "little"))
+
+
+def pytest_report_header(config):
+    return f"gh_kernels fuzz seed: {os.environ.get('GH_FUZZ_SEED', '0')} (GH_FUZZ_LONG={os.environ.get('GH_FUZZ_LONG', '0')})"
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run the tests marked slow (mutation check, long studies)")

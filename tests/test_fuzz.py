@@ -1,0 +1,275 @@
+"""A property-based fuzzer over feature combinations of the K-loss training step (issue #29).
+
+One example is a short training run (4 steps) of a trunk with K heads and an optional branch that some
+steps reach and others do not, drawn from the product of: the method (with options; stateful ones,
+per-coordinate ones, two-batch ones), the mode, the backend (torch, cpu, triton interpreted), K, the
+dtype, which parameters already hold a ``.grad``, which parameters the losses reach at each step,
+non-finite injection into the shared trunk, failure injection (a write target the rules refuse, an
+autograd error), and a checkpoint through ``torch.save`` in the middle of the run.
+
+Invariants, checked at every step:
+* the update equals an independent float64 reference: per-loss gradients from ``torch.autograd.grad``,
+  the Gram matrix over the shared trunk in float64, the method's weights from ``gh_kernels.weights`` in
+  float64 on a copy of the method's state, and ``sum_k w_k g_k`` (surgery: ``sum_k g_k`` outside the
+  trunk; two batches: each task's two-batch mean) added to the ``.grad`` held before;
+* a failed call changes nothing: the ``.grad`` objects and values and the method's state;
+* a non-finite step changes no state, and the non-finite values reach ``.grad`` (GradScaler skips it);
+* a run resumed from the checkpoint is bitwise the uninterrupted one.
+
+Every method runs in every run (a parametrization: hypothesis' draws are uneven, and some methods went
+undrawn in 300 examples); hypothesis draws the rest. CI runs a fixed, derandomized budget
+(``GH_FUZZ_EXAMPLES`` per method, default 3: about 25 s on 2 cores). The long profile runs 10x more with
+a fresh random seed, printed in the report header:
+``GH_FUZZ_LONG=1 python -m pytest tests/test_fuzz.py`` (or ``GH_FUZZ_SEED=N`` to replay one).
+
+Known open defect classes of #29, kept out of the draws until fixed (each is listed in the issue's note):
+a non-finite gradient *outside* the shared parameters (class 9), GradDrop with partial ``.grad`` (6),
+ExcessMTL across changing parameter lists and dtypes (1, 2), Nash-MTL's clip on rank-deficient Grams
+(13) and CAGrad's tie rule at 0-in-the-hull float32 matrices (14).
+"""
+import copy
+import io
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+import gh_kernels
+from helpers import cpu_backends
+
+LONG = os.environ.get("GH_FUZZ_LONG") == "1"
+EXAMPLES = int(os.environ.get("GH_FUZZ_EXAMPLES", "3")) * (10 if LONG else 1)  # per method
+SEED = int(os.environ.get("GH_FUZZ_SEED", "0"))  # conftest.py draws one for the long profile and prints it
+
+# (label, factory of the method= value, options, needs two batches, minimum K)
+METHODS = [
+    ("upgrad", lambda: "upgrad", {}, False, 2),
+    ("mgda", lambda: "mgda", {}, False, 2),
+    ("cagrad c=0.5", lambda: "cagrad", {"c": 0.5}, False, 2),
+    ("dualproj", lambda: "dualproj", {}, False, 2),
+    ("imtl-g", lambda: "imtl-g", {}, False, 2),
+    ("aligned-mtl", lambda: "aligned-mtl", {}, False, 2),
+    ("config", lambda: "config", {}, False, 2),
+    ("mean", lambda: "mean", {}, False, 2),
+    ("sum", lambda: "sum", {}, False, 2),
+    ("fairgrad", lambda: "fairgrad", {}, False, 2),
+    ("krum", lambda: "krum", {}, False, 3),
+    ("trimmed-mean", lambda: "trimmed-mean", {"trim_number": 0}, False, 2),
+    ("GradVac", lambda: gh_kernels.GradVac(), {}, False, 2),
+    ("NashMTL", lambda: gh_kernels.NashMTL(), {}, False, 2),
+    ("PCD", lambda: gh_kernels.PCD(), {}, False, 2),
+    ("CRMOGM(upgrad)", lambda: gh_kernels.CRMOGM("upgrad", alpha=0.5), {}, False, 2),
+    ("CRMOGM(GradVac)", lambda: gh_kernels.CRMOGM(gh_kernels.GradVac(), alpha=0.5), {}, False, 2),
+    ("MoDo", lambda: gh_kernels.MoDo(), {}, True, 2),
+    ("SDMGrad", lambda: gh_kernels.SDMGrad(n_iter=5), {}, True, 2),
+]
+GH_RULES = [("gh", lambda: "gh", {}, False, 2), ("gh++", lambda: "gh++", {}, False, 2)]
+
+
+class Net(torch.nn.Module):
+    """A shared trunk, K heads (one per loss) and a branch that loss 0 reaches on some steps only."""
+
+    def __init__(self, K, dtype):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(7, 1) for _ in range(K))
+        self.branch = torch.nn.Linear(7, 1)
+        self.to(dtype)
+
+    def losses(self, x, y, branch: bool, poison: float = 1.0):
+        f = self.trunk(x) * poison
+        out = []
+        for k, h in enumerate(self.heads):
+            pred = h(f)[:, 0] + (self.branch(f)[:, 0] if branch and k == 0 else 0)
+            out.append(((pred - y[:, k]) ** 2).mean())
+        return out
+
+
+def _grads(losses, params):
+    return [[g for g in torch.autograd.grad(l, params, retain_graph=True, allow_unused=True)] for l in losses]
+
+
+def _reference(case, model, params, shared_ids, sets, second, method_copy, before):
+    """The expected .grad after the step, in float64 (see the module docstring)."""
+    K = len(sets)
+    shared = [i for i, p in enumerate(params) if id(p) in shared_ids]
+    as64 = lambda t: None if t is None else t.detach().double()  # noqa: E731
+    s64 = [[as64(t) for t in s] for s in sets]
+    b64 = None if second is None else [[as64(t) for t in s] for s in second]
+
+    def dot(a, b):
+        return sum(float((a[i] * b[i]).sum()) for i in shared if a[i] is not None and b[i] is not None)
+
+    if case["label"] == "trimmed-mean":  # per coordinate, trim 0: the mean of the K values (absent as 0)
+        w, G = None, None
+    else:
+        other = s64 if b64 is None else b64
+        G = torch.tensor([[dot(s64[a], other[b]) for b in range(K)] for a in range(K)], dtype=torch.float64)
+        w = gh_kernels.weights(G, method_copy, **case["options"]).double()
+    expected = []
+    for i, p in enumerate(params):
+        vals = [s[i] for s in s64]
+        if b64 is not None:
+            vals = [None if a is None and b is None else ((a if a is not None else 0) + (b if b is not None else 0)) / 2
+                    for a, b in zip(vals, [s[i] for s in b64])]
+        if all(v is None for v in vals):
+            expected.append(None if before[i] is None else before[i].double())
+            continue
+        zeros = torch.zeros(p.shape, dtype=torch.float64)
+        vals = [zeros if v is None else v for v in vals]
+        if case["mode"] == "surgery" and i not in shared:
+            upd = sum(vals)
+        elif w is None:
+            upd = sum(vals) / K
+        else:
+            upd = sum(float(w[k]) * vals[k] for k in range(K))
+        expected.append(upd + (0 if before[i] is None else before[i].double()))
+    return expected
+
+
+def _state(method):
+    return None if not hasattr(method, "state_dict") else method.state_dict()
+
+
+def _same_state(a, b):
+    if a is None or b is None:
+        return a is b
+    return str(a) == str(b)
+
+
+@st.composite
+def cases(draw, method):
+    backends = cpu_backends()
+    label, make, options, two_batches, min_k = method
+    K = 2 if label in ("gh", "gh++") else draw(st.sampled_from([k for k in (2, 3, 5) if k >= min_k]))
+    return {
+        "K": K, "label": label, "make": make, "options": dict(options), "two_batches": two_batches,
+        "mode": draw(st.sampled_from(["reweight", "surgery"])),
+        "backend": draw(st.sampled_from(backends)),
+        "dtype": draw(st.sampled_from([torch.float32, torch.float64])),
+        "steps": [{"branch": draw(st.booleans()),
+                   "preset": draw(st.lists(st.booleans(), min_size=2 * 3 + 2, max_size=2 * 3 + 2)),
+                   "inject": draw(st.sampled_from(["none", "none", "nonfinite", "bad target", "autograd"]))}
+                  for _ in range(4)],
+        "data_seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _run(case, checkpoint_at=None):
+    """Runs the case; returns the .grad after every step (and checks the per-step invariants)."""
+    K, dtype = case["K"], case["dtype"]
+    torch.manual_seed(case["data_seed"])
+    model = Net(K, dtype)
+    params = list(model.parameters())
+    trunk = list(model.trunk.parameters())
+    shared_ids = {id(p) for p in trunk}
+    method = case["make"]()
+    step = gh_kernels.MultiTaskHarmonizer(params, shared=trunk, method=method, mode=case["mode"],
+                                          backend=case["backend"], **case["options"])
+    gen = torch.Generator().manual_seed(case["data_seed"] + 1)
+    history = []
+    for n, s in enumerate(case["steps"]):
+        if checkpoint_at is not None and n == checkpoint_at:  # through torch.save, into new objects
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "step": step.state_dict(), "rng": torch.get_rng_state(),
+                        "grads": [None if p.grad is None else p.grad.clone() for p in params]}, buf)
+            buf.seek(0)
+            saved = torch.load(buf, weights_only=False)
+            model = Net(K, dtype)
+            model.load_state_dict(saved["model"])
+            params, trunk = list(model.parameters()), list(model.trunk.parameters())
+            shared_ids = {id(p) for p in trunk}
+            for p, g in zip(params, saved["grads"]):
+                p.grad = g
+            method = case["make"]()
+            step = gh_kernels.MultiTaskHarmonizer(params, shared=trunk, method=method, mode=case["mode"],
+                                                  backend=case["backend"], **case["options"])
+            step.load_state_dict(saved["step"])
+            torch.set_rng_state(saved["rng"])  # methods without generator= draw from the global generator
+        x = torch.randn(6, 5, generator=gen, dtype=torch.float64).to(dtype)
+        y = torch.randn(6, K, generator=gen, dtype=torch.float64).to(dtype)
+        x2 = torch.randn(6, 5, generator=gen, dtype=torch.float64).to(dtype)
+        y2 = torch.randn(6, K, generator=gen, dtype=torch.float64).to(dtype)
+        for p, keep in zip(params, s["preset"]):  # which parameters already hold a .grad
+            if not keep:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype)
+        before = [None if p.grad is None else p.grad.clone() for p in params]
+        grad_objects = [p.grad for p in params]
+        state_before = _state(method)
+        poison = float("inf") if s["inject"] == "nonfinite" else 1.0
+        losses = model.losses(x, y, s["branch"], poison)
+        second = model.losses(x2, y2, s["branch"]) if case["two_batches"] else None
+
+        if s["inject"] in ("bad target", "autograd"):
+            if s["inject"] == "bad target":  # a .grad the out= rules refuse: its elements share memory
+                params[1].grad = torch.zeros(1, dtype=dtype).expand(params[1].shape)
+                before[1], grad_objects[1] = params[1].grad.clone(), params[1].grad
+            else:
+                losses[-1] = losses[-1].detach()  # no gradient: refused before any backward pass
+            with pytest.raises((ValueError, RuntimeError, TypeError)):
+                step.backward(losses, second_losses=second)
+            for p, obj, b in zip(params, grad_objects, before):
+                assert p.grad is obj, "a failed step replaced a .grad"
+                assert (b is None and p.grad is None) or torch.equal(p.grad, b), "a failed step changed a .grad"
+            assert _same_state(_state(method), state_before), "a failed step changed the method's state"
+            for p in params:  # the refused target is not left behind
+                p.grad = None if p is params[1] else p.grad
+            history.append([None if p.grad is None else p.grad.clone() for p in params])
+            continue
+
+        sets = _grads(losses, params)
+        second_sets = None if second is None else _grads(second, params)
+        method_copy = copy.deepcopy(method) if not isinstance(method, str) else method
+        step.backward(losses, second_losses=second)
+        got = [None if p.grad is None else p.grad.clone() for p in params]
+        if s["inject"] == "nonfinite":
+            allowed = state_before
+            if state_before is not None and all(v is None for v in state_before["state"].values()):
+                # an empty state becomes the initial one (a device-side select cannot keep "None" without a host
+                # read): exactly what a fresh method holds after a non-finite matrix
+                fresh = copy.deepcopy(method_copy)
+                fresh.weights(torch.full((K, K), float("nan"), dtype=dtype))
+                allowed = _state(fresh)
+            assert _same_state(_state(method), allowed), "a non-finite step changed the method's state"
+            assert any(g is not None and not bool(torch.isfinite(g).all()) for g in got), \
+                "the non-finite gradients did not reach .grad"
+        else:
+            want = _reference(case, model, params, shared_ids, sets, second_sets, method_copy, before)
+            tol = 1e-7 if dtype == torch.float64 else 1e-3
+            for i, (g, w) in enumerate(zip(got, want)):
+                assert (g is None) == (w is None), f"step {n}, parameter {i}: .grad presence"
+                if g is not None:
+                    scale = max(1.0, float(w.abs().max()))
+                    err = float((g.double() - w).abs().max())
+                    assert err <= tol * scale, f"step {n}, parameter {i}: |.grad - float64 reference| = {err:.3g}"
+        for p in params:  # the next step starts from finite gradients
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                p.grad = None
+        history.append([None if p.grad is None else p.grad.clone() for p in params])
+    return history
+
+
+@pytest.mark.parametrize("method", METHODS + GH_RULES, ids=[m[0] for m in METHODS + GH_RULES])
+def test_fuzz_training_runs(method):
+    @seed(SEED)
+    @settings(max_examples=EXAMPLES, derandomize=not LONG, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @given(cases(method))
+    def run(case):
+        check_case(case)
+
+    run()
+
+
+def check_case(case):
+    full = _run(case)
+    resumed = _run(case, checkpoint_at=2)
+    for n, (a, b) in enumerate(zip(full, resumed)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert (x is None) == (y is None) and (x is None or torch.equal(x, y)), \
+                f"step {n}, parameter {i}: the resumed run differs from the uninterrupted one"
