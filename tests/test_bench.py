@@ -1,6 +1,7 @@
 """Smoke test of the benchmark command at its smallest size (timings are never asserted)."""
 import os
 
+import pytest
 import torch
 
 from bench.run import main
@@ -34,6 +35,7 @@ def test_interleaved_timing_flags_spread_and_pairs_ratios():
     assert len(samples["x"]) == len(samples["y"]) >= 5
 
 
+@pytest.mark.slow  # the multi-task benchmark and study programs end to end (8-10 s): run with --run-slow
 def test_multitask_bench_and_program_smoke(tmp_path):
     """bench/multitask.py and python/multitask.py run end to end at their smallest size (no timing asserted)."""
     import subprocess

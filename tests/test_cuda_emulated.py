@@ -82,32 +82,16 @@ def test_fp16_bf16_conversions_match_torch(driver):
         assert torch.equal(got[~nan], want[~nan])
 
 
+# What each suite drives (tests/cuda_emulated/suites.py), on float32, float64, float16 and bfloat16:
+#   gram: gram_partials_kernel and gram_finalize_kernel, K = 1..8, several chunks, tails, unaligned starts, absent
+#         sets, empty parameters, the glue's chunk, a mixed-dtype list;
+#   combine: combine_kernel, K = 1..8, accumulate on and off, in place (out is set 0's memory), guard bytes;
+#   coordinate: trimmed_mean_kernel at every trim for K = 1..8, graddrop_kernel for 2..8 sets;
+#   harmonize: harmonize_'s passes: Gram with the shared mask, weights_kernel with the scales, combine; every rule.
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gram_kernels(driver, dtype):
-    """gram_partials_kernel and gram_finalize_kernel: K = 1..8, several chunks, tails, unaligned starts,
-    absent sets, empty parameters, the glue's chunk, a mixed-dtype list."""
-    fails = suites.run_gram(dtype, _seed(), driver)
-    assert not fails, "\n".join(fails)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_combine_kernel(driver, dtype):
-    """combine_kernel: K = 1..8, accumulate on and off, in place (out is set 0's memory), guard bytes."""
-    fails = suites.run_combine(dtype, _seed(), driver)
-    assert not fails, "\n".join(fails)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_coordinate_kernels(driver, dtype):
-    """trimmed_mean_kernel at every trim for K = 1..8, graddrop_kernel for 2..8 sets."""
-    fails = suites.run_coordinate(dtype, _seed(), driver)
-    assert not fails, "\n".join(fails)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fused_harmonize_kernels(driver, dtype):
-    """harmonize_'s passes: Gram with the shared mask, weights_kernel with the scales, combine; every rule."""
-    fails = suites.run_harmonize(dtype, _seed(), driver)
+@pytest.mark.parametrize("suite", sorted(suites.SUITES))
+def test_kernels(driver, suite, dtype):
+    fails = suites.SUITES[suite](dtype, _seed(), driver)
     assert not fails, "\n".join(fails)
 
 

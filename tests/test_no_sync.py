@@ -151,9 +151,9 @@ def test_every_method_runs_on_meta_and_fake_tensors(label, make, options):
         assert (res.weights is None) if kind == "coordinate" else (res.weights.shape == (3,))
 
 
-# Variants whose solve another case already traces (FairGrad alpha 2: the same Newton solve as FairGrad;
-# CR-MOGM over Nash-MTL: CR-MOGM over UPGrad plus Nash-MTL) are slow-marked: 16 s of the test command's time.
-_TRACED_ELSEWHERE = ("fairgrad alpha 2", "CRMOGM NashMTL")
+# Variants whose solve another case already traces (FairGrad: the Newton solve Nash-MTL shares; CR-MOGM over
+# Nash-MTL: CR-MOGM over UPGrad plus Nash-MTL) are slow-marked: 21 s of the test command's time.
+_TRACED_ELSEWHERE = ("fairgrad", "fairgrad alpha 2", "CRMOGM NashMTL")  # NashMTL traces positive_root too
 TRACEABLE = [pytest.param(*case, id=case[0], marks=[pytest.mark.slow] if case[0] in _TRACED_ELSEWHERE else [])
              for case in METHODS if "generator" not in case[0]]
 

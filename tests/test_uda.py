@@ -47,6 +47,7 @@ def test_tasks_are_deterministic_shifts(task):
     assert not torch.equal(a["xs"][:5], a["xt"][:5])
 
 
+@pytest.mark.slow  # a study (7 s): run with --run-slow
 def test_tiny_study_writes_its_report(tmp_path):
     uda.main(["--tasks", "rot20", "--families", "dann", "--seeds", "2", "--steps", "4", "--workers", "1",
               "--cost-seeds", "1", "--out", str(tmp_path)])

@@ -204,6 +204,25 @@ void emulate_elementwise(Param& p, const std::vector<std::vector<char>>& in_data
   }
 }
 
+// The 2x2 rule on the host, in the kernel's precision (float for a float32 G), with the scaled copy the
+// combine uses, computed as weights_kernel computes it.
+void host_weights(bool is_f64, double n1sq, double c, double n2sq, int method, double kappa, double scale1, double scale2,
+                  double* w, double* scaled) {
+  if (is_f64) {
+    solve_weights<double>(n1sq, c, n2sq, method, kappa, &w[0], &w[1]);
+    scaled[0] = w[0] * scale1;
+    scaled[1] = w[1] * scale2;
+    return;
+  }
+  float a, b;
+  solve_weights<float>(static_cast<float>(n1sq), static_cast<float>(c), static_cast<float>(n2sq), method,
+                       static_cast<float>(kappa), &a, &b);
+  w[0] = a;
+  w[1] = b;
+  scaled[0] = static_cast<double>(a * static_cast<float>(scale1));
+  scaled[1] = static_cast<double>(b * static_cast<float>(scale2));
+}
+
 // --- one case ----------------------------------------------------------------------------------
 
 void run_convert() {
@@ -249,18 +268,7 @@ void run_case() {
     write_i64(err);
     write_i64(0);
     double ew[2], es[2];
-    if (G_is_f64) {
-      solve_weights<double>(G64[0], G64[1], G64[3], method, kappa, &ew[0], &ew[1]);
-      es[0] = ew[0] * scale1;
-      es[1] = ew[1] * scale2;
-    } else {
-      float a, b;
-      solve_weights<float>(G32[0], G32[1], G32[3], method, static_cast<float>(kappa), &a, &b);
-      ew[0] = a;
-      ew[1] = b;
-      es[0] = static_cast<double>(a * static_cast<float>(scale1));
-      es[1] = static_cast<double>(b * static_cast<float>(scale2));
-    }
+    host_weights(G_is_f64, G64[0], G64[1], G64[3], method, kappa, scale1, scale2, ew, es);
     write_f64(G_is_f64 ? w64[0] : w32[0]);
     write_f64(G_is_f64 ? w64[1] : w32[1]);
     write_f64(scaled[0]);
@@ -329,21 +337,8 @@ void run_case() {
   std::vector<double> G_emul(K * K, 0.0);
   double w_emul[2] = {1, 1}, scaled_emul[2] = {1, 1};
   if (op == kOpGram || op == kOpHarmonize) emulate_gram(wl, K, G_is_f64, G_emul.data());
-  if (op == kOpHarmonize) {
-    if (G_is_f64) {
-      solve_weights<double>(G_emul[0], G_emul[1], G_emul[3], method, kappa, &w_emul[0], &w_emul[1]);
-      scaled_emul[0] = w_emul[0] * scale1;
-      scaled_emul[1] = w_emul[1] * scale2;
-    } else {
-      float a, b;
-      solve_weights<float>(static_cast<float>(G_emul[0]), static_cast<float>(G_emul[1]), static_cast<float>(G_emul[3]),
-                           method, static_cast<float>(kappa), &a, &b);
-      w_emul[0] = a;
-      w_emul[1] = b;
-      scaled_emul[0] = static_cast<double>(a * static_cast<float>(scale1));
-      scaled_emul[1] = static_cast<double>(b * static_cast<float>(scale2));
-    }
-  }
+  if (op == kOpHarmonize)
+    host_weights(G_is_f64, G_emul[0], G_emul[1], G_emul[3], method, kappa, scale1, scale2, w_emul, scaled_emul);
   for (int64_t pi = 0; pi < n_params && writes_out; ++pi) {
     Param& p = params[pi];
     if (p.present == 0 && !accumulate) std::fill(p.emul_out.begin(), p.emul_out.end(), 0);  // the glue zeroes these
