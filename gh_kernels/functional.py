@@ -81,7 +81,7 @@ def weights(G: torch.Tensor, method="upgrad", *, backend: Optional[str] = None, 
     ``"sum"``, ``"gh"``, ``"gh++"`` (geometric GH++), ``"gh++released"``; see
     :mod:`gh_kernels.weighting.gh` for their edge-case rules. ``backend`` chooses their kernel.
 
-    Multi-task methods (any K from 2 to 12): ``"mean"``, ``"sum"``, ``"pcgrad"``, ``"mgda"``,
+    Multi-task methods (any K from 1 to 12; one task's weight is torchjd's for one row, 1 for most methods): ``"mean"``, ``"sum"``, ``"pcgrad"``, ``"mgda"``,
     ``"cagrad"`` (option ``c``, default 0.4), ``"imtl-g"``, ``"aligned-mtl"``, ``"upgrad"``,
     ``"dualproj"``, ``"config"``, ``"krum"``, ``"random"``, ``"fairgrad"``, or a stateful object
     (:data:`gh_kernels.STATEFUL_METHODS`: GradVac, NashMTL, PCD, CRMOGM, MoDo, SDMGrad); their
@@ -96,6 +96,8 @@ def weights(G: torch.Tensor, method="upgrad", *, backend: Optional[str] = None, 
         raise ValueError(f"G must be a K x K Gram matrix (a square 2-D tensor); got {shape}")
     if not G.is_floating_point() or G.is_complex():
         raise TypeError(f"G must be a real floating-point tensor, got {G.dtype}")
+    if G.shape[0] == 0:
+        raise ValueError("G is 0 x 0: weights need at least one task (K >= 1)")
     if G.layout is not torch.strided:
         raise ValueError(f"G must be a dense (torch.strided) tensor; got layout {G.layout}")
     weighting = resolve(method, G.shape[0], options, backend=backend)
@@ -152,9 +154,6 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     else:
         sets, device, out = quick
     K = len(sets) if second_batch is None else len(sets) // 2
-    if K == 1:  # the sets' count is what is wrong, not the method
-        raise ValueError(f"grads holds 1 gradient set; method {method if isinstance(method, str) else type(method).__name__!r} "
-                         "aggregates at least 2 (with one task there is nothing to weigh: use its gradient)")
     weighting = resolve(method, K, options, backend=backend, cross_batch=second_batch is not None)
     if weighting.coordinate is not None:
         rollback = _generator_guard(weighting.coordinate.generator)

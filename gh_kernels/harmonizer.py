@@ -14,7 +14,6 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import torch
 
-from .step.checks import check_loss
 from .step.engine import Engine, Face
 from .weighting import Method, resolve
 from .weighting.gh import METHOD_CODES
@@ -177,11 +176,8 @@ class MultiTaskHarmonizer(_Face):
                                  "cross-batch matrix needs the same K losses on each batch")
         if isinstance(losses, torch.Tensor) or not isinstance(losses, (list, tuple)):
             raise TypeError(f"losses must be a list/tuple of scalar losses, got {type(losses).__name__}")
-        if len(losses) < 2:
-            for k, loss in enumerate(losses):
-                check_loss(loss, f"losses[{k}]")
-            raise ValueError(f"losses holds {len(losses)} loss(es); a multi-task step needs at least 2 "
-                             "(with one loss, call loss.backward())")
+        if len(losses) < 1:
+            raise ValueError("losses holds no loss; a step needs at least one")
         G, w = self._engine.step(list(losses), None, retain_graph,
                                  None if second_losses is None else list(second_losses))
         return MultiTaskResult(w, G)

@@ -66,9 +66,12 @@ def test_multitask_defaults_agree():
     assert torch.equal(gh_kernels.weights(G), gh_kernels.weights(G, "upgrad"))
 
 
-def test_aggregate_of_one_set_names_grads():
-    with pytest.raises(ValueError, match=r"^grads holds 1 gradient set; method 'mgda'"):
-        gh_kernels.aggregate([[torch.randn(3)]], "mgda")
+def test_one_set_is_its_gradient_and_no_set_names_grads():
+    """aggregate([[a]], "mgda") blamed the method for K = 1; K = 1 is now a task (issue #28): the update is a."""
+    a = torch.randn(3)
+    torch.testing.assert_close(gh_kernels.aggregate([[a]], "mgda").out[0], a)
+    with pytest.raises(ValueError, match="^grads must hold at least one gradient set"):
+        gh_kernels.aggregate([], "mgda")
 
 
 def _two_losses(model, x):

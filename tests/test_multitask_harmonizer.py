@@ -82,8 +82,8 @@ def test_failures_leave_grad_untouched():
     with pytest.raises(RuntimeError):
         h.backward(losses)
     assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
-    with pytest.raises(ValueError, match="losses holds 1 loss"):
-        h.backward(model.losses(x, y)[:1])
+    with pytest.raises(ValueError, match="losses holds no loss"):
+        h.backward([])
     with pytest.raises(TypeError, match="losses\\[1\\] must be a tensor"):
         h.backward([losses[0], 3.0])
     with pytest.raises(ValueError, match="method 'upgrad' takes the options pref_vector, norm_eps, reg_eps; got c=1"):

@@ -203,3 +203,40 @@ def test_cagrad_at_a_stationary_point_in_float32(c, gen):
             assert float((J64 @ d).min()) >= -1e-4 * scale ** 2, (K, c)
         ref = A.CAGradWeighting(c=c)(G.double()) @ J64
         assert float((d - ref).norm()) <= 1e-3 * scale, (K, c, float((d - ref).norm()) / scale)
+
+
+def test_one_task_equals_torchjd(gen):
+    """K = 1 (issue #28): every method runs on one gradient, with torchjd 0.18's update for one row (1 for most
+    methods, 1 + c for CAGrad, FairGrad's root of G w = 1/w). torchjd's Nash-MTL and Krum refuse one row: ours
+    gives Nash's solution on the normalized Gram (1), clipped at max_norm, and Krum refuses K < n_byzantine + 3."""
+    J = torch.randn(1, 24, generator=gen, dtype=torch.float64)
+    G = J @ J.T
+    ref = {"mean": A.Mean(), "sum": A.Sum(), "pcgrad": A.PCGrad(), "mgda": A.MGDA(), "cagrad": A.CAGrad(c=0.4),
+           "imtl-g": A.IMTLG(), "aligned-mtl": A.AlignedMTL(), "upgrad": A.UPGrad(), "dualproj": A.DualProj(),
+           "config": A.ConFIG(), "fairgrad": A.FairGrad(alpha=1.0), "random": A.Random()}
+    for method, agg in ref.items():
+        assert rel(gh_kernels.weights(G, method) @ J, agg(J)) < 1e-12, method
+    for ours, theirs in ((gh_kernels.GradVac(), A.GradVac()), (gh_kernels.PCD(), A.PCD())):
+        assert rel(gh_kernels.weights(G, ours) @ J, theirs(J)) < 1e-12, type(ours).__name__
+    for method, options in (("trimmed-mean", {"trim_number": 0}), ("graddrop", {})):
+        torch.testing.assert_close(gh_kernels.aggregate([[J[0]]], method, **options).out[0], J[0])
+    assert rel(gh_kernels.aggregate([[J[0]]], gh_kernels.ExcessMTL()).out[0], J[0]) < 1e-12
+    assert rel(gh_kernels.aggregate([[J[0]]], gh_kernels.CRMOGM("upgrad")).out[0], J[0]) < 1e-12
+    assert torch.equal(gh_kernels.aggregate([[J[0]]], gh_kernels.MoDo(), second_batch=[[J[0]]]).weights,
+                       torch.ones(1, dtype=torch.float64))
+    torch.testing.assert_close(gh_kernels.weights(G, gh_kernels.NashMTL(max_norm=1e9)), torch.ones(1, dtype=torch.float64))  # reg_eps
+    torch.testing.assert_close(gh_kernels.weights(G, gh_kernels.NashMTL(max_norm=1.0)), 1 / G[0].sqrt())  # |g| > 1
+    with pytest.raises(ValueError, match="Krum needs K >= n_byzantine \\+ 3"):
+        gh_kernels.weights(G, "krum")
+
+
+def test_one_loss_training_step_is_its_gradient(gen):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    x = torch.randn(5, 4, generator=gen)
+    loss = lambda: model(x).pow(2).mean()  # noqa: E731
+    want = torch.autograd.grad(loss(), list(model.parameters()))
+    h = gh_kernels.MultiTaskHarmonizer(model.parameters(), method="mgda")
+    res = h.backward([loss()])
+    assert res.weights.tolist() == [1.0]
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w)

@@ -161,7 +161,8 @@ class Engine:
             return [self.is_shared[i] for i in index]
         if self.face.default_shared == "last":
             return [sets[-1][i] is not None for i in index]
-        return [sum(s[i] is not None for s in sets) >= 2 for i in index]
+        need = min(2, len(sets))  # "reached by at least two losses"; with one loss, what it reaches
+        return [sum(s[i] is not None for s in sets) >= need for i in index]
 
     def _fused(self, plan: Plan, state: StepState, sets, wrapped, scales):
         """NOTE: [Fused step] over every parameter with a gradient, or None when the step needs the grouped path."""

@@ -183,9 +183,8 @@ def resolve(method: Method, K: Optional[int], options: dict, *, where: str = "me
     if K is None:
         _check_any_k(method, options, where, backend)
         return None
-    if K < 2:
-        raise ValueError(f"{where}: K = {K} gradient set{'s' if K != 1 else ''}; the multi-task methods need at least 2 "
-                         f"(with one task there is nothing to weigh: use its gradient)")
+    if K < 1:
+        raise ValueError(f"{where}: K = {K} gradient sets; a method needs at least one")
     if K > MAX_TASKS:
         raise ValueError(f"{where}: K = {K} tasks is above the {MAX_TASKS} the multi-task solvers take")
     if isinstance(method, StatefulMethod):

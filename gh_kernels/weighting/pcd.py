@@ -98,11 +98,14 @@ class PCD(StatefulMethod):
                              torch.zeros_like(denominators))
         Gn = G64 * scales[:, None] * scales[None, :]
         Q, b = Gn[1:, 1:], taus * Gn[1:, 1:].diagonal() - Gn[1:, 0]
-        level = Q.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
-        I = eye(K - 1, torch.float64, device)
-        mu = nonneg_qp(Q + DUAL_REG * level * I, b)
-        mu_tighter = nonneg_qp(Q + (DUAL_REG / REG_RATIO) * level * I, b)
-        infeasible = mu_tighter.sum() > 0.5 * REG_RATIO ** 0.5 * mu.sum().clamp_min(1.0)
+        if K > 1:
+            level = Q.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
+            I = eye(K - 1, torch.float64, device)
+            mu = nonneg_qp(Q + DUAL_REG * level * I, b)
+            mu_tighter = nonneg_qp(Q + (DUAL_REG / REG_RATIO) * level * I, b)
+            infeasible = mu_tighter.sum() > 0.5 * REG_RATIO ** 0.5 * mu.sum().clamp_min(1.0)
+        else:  # one task: no other task to guarantee progress to, the direction is g_0
+            mu, infeasible = b, torch.zeros((), dtype=torch.bool, device=device)
         w = torch.cat((torch.ones(1, dtype=torch.float64, device=device), torch.where(infeasible, torch.zeros_like(mu), mu)))
         precision = 10.0 * torch.finfo(G.dtype if G.dtype.is_floating_point else torch.float32).eps
         direction_sq = w @ Gn @ w
