@@ -34,7 +34,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, given, note, seed, settings
 from hypothesis import strategies as st
 
 import gh_kernels
@@ -261,6 +261,7 @@ def test_fuzz_training_runs(method):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
     @given(cases(method))
     def run(case):
+        note(f"replay with GH_FUZZ_SEED={SEED}" + (" GH_FUZZ_LONG=1" if LONG else ""))  # printed with a failure
         check_case(case)
 
     run()
