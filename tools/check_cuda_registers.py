@@ -122,7 +122,7 @@ def main() -> int:
     for msg in failures:
         print("check_cuda_registers: FAILED " + msg)
     if not failures:
-        print(f"check_cuda_registers: {len(table)} kernels, {', '.join(ARCHS)}: no spills, every kernel within its budget")
+        print(f"check_cuda_registers: {len(table)} kernels, {', '.join(ARCHS)}: every kernel within its register and spill budget")
     return 1 if failures else 0
 
 
