@@ -169,3 +169,36 @@ def test_5_surgery_with_two_batches(backend, K):
                                          torch.autograd.grad(sum(losses(b2)), heads))]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_6_graddrop_with_partial_grads_draws_as_torchjd(backend):
+    """GradDrop in the training step with only some parameters holding a .grad: the draws were made per write
+    group, so the update differed from torchjd's on the same seed (by up to 0.32); torchjd draws over the
+    parameters in order."""
+    A = pytest.importorskip("torchjd.aggregation")
+    from models import KHeadNet
+    gen = torch.Generator().manual_seed(11)
+    K = 3
+    torch.manual_seed(0)
+    net = KHeadNet(K)
+    x, y = torch.randn(16, 6, generator=gen), torch.randn(16, K, generator=gen)
+    params = list(net.parameters())
+    rows = []
+    for loss in net.losses(x, y):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+    J = torch.stack(rows)
+    before = [torch.randn(p.shape, generator=gen) if i % 2 else None for i, p in enumerate(params)]  # every other
+    for p, b in zip(params, before):
+        p.grad = None if b is None else b.clone()
+    step = gh_kernels.MultiTaskHarmonizer(params, shared=params, method="graddrop", backend=backend)
+    torch.manual_seed(7)
+    step.backward(net.losses(x, y))
+    torch.manual_seed(7)
+    expected = A.GradDrop()(J)
+    offset = 0
+    for p, b in zip(params, before):
+        n = p.numel()
+        want = expected[offset:offset + n].view(p.shape) + (0 if b is None else b)
+        torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-6)
+        offset += n

@@ -213,6 +213,13 @@ class Engine:
         try:
             if found:
                 write.check_targets(found, sets, names)
+            if coordinate is not None and coordinate.extra_sets and found:
+                # GradDrop: one draw over the written parameters in order (torchjd's draws over the stacked
+                # Jacobian), not one per write group: groups (.grad held or not) would reorder the draws
+                drawn = [o for o, plain in zip(found.out, found.plain or [False] * len(found)) if not plain]
+                by_target = dict(zip(map(id, drawn), coordinate.draws(drawn, device)))
+                weighted = lambda sub, outs, acc: coordinate.run(outs, flatten_sets(sub), acc, self.backend, device,  # noqa: E731
+                                                                 draws=[by_target[id(o)] for o in outs])
             # surgery's plain parameters: sum_k g_k, each task's gradient the mean of its two batches when there
             # are two (the weighting's own combine_weights, as for the shared ones)
             ones = torch.ones(K // 2 if self._cross else K, dtype=torch.float32 if w is None else w.dtype, device=device)

@@ -58,12 +58,14 @@ class CoordinateRule:
         return 1 if self.name == "graddrop" else 0
 
     def run(self, out: List[torch.Tensor], flat: List[Optional[torch.Tensor]], accumulate: bool,
-            backend: Optional[str], device: torch.device) -> None:
+            backend: Optional[str], device: torch.device, draws: Optional[List[torch.Tensor]] = None) -> None:
         """``out[p] (+)=`` the method's update of parameter p, for validated (or op-checked) arguments:
-        ``flat`` holds the K sets set-major, ``out`` one tensor per parameter."""
+        ``flat`` holds the K sets set-major, ``out`` one tensor per parameter. ``draws``: GradDrop's uniform
+        draws for ``out`` when the caller made them over a larger list (a step writing in groups draws once,
+        over every parameter in order, as torchjd does); default: drawn here."""
         K, leak = self.num_tasks, None
         if self.name == "graddrop":
-            flat = list(flat) + self.draws(out, device)
+            flat = list(flat) + (self.draws(out, device) if draws is None else list(draws))
             acc = torch.float64 if any(o.dtype == torch.float64 for o in out) else torch.float32
             leak = cached(self._leak_on, (str(device), acc), lambda: torch.zeros(K, dtype=acc, device=device)
                           if self.leak is None else self.leak.to(device=device, dtype=acc))
