@@ -202,3 +202,62 @@ def test_6_graddrop_with_partial_grads_draws_as_torchjd(backend):
         want = expected[offset:offset + n].view(p.shape) + (0 if b is None else b)
         torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-6)
         offset += n
+
+
+class _Branchy(torch.nn.Module):
+    """A trunk, two heads, and a branch that loss 0 reaches on some steps only."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.branch = torch.nn.Linear(4, 5), torch.nn.Linear(5, 1)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(5, 1) for _ in range(2))
+
+    def losses(self, x, branch):
+        f = torch.tanh(self.trunk(x))
+        return [(self.heads[0](f) + (self.branch(f) if branch else 0)).pow(2).mean(), self.heads[1](f).pow(2).mean()]
+
+
+def test_1_excess_mtl_keeps_its_sums_per_parameter(backend):
+    """ExcessMTL's sums followed positions in the list of parameters reached that step: a branch reached on some
+    steps moved one parameter's sums onto another, and a changed count raised. Every step now equals aggregate()
+    on full-length lists (None where a parameter got no gradient) with a second ExcessMTL."""
+    torch.manual_seed(0)
+    net = _Branchy()
+    params = list(net.parameters())
+    ours, ref = gh_kernels.ExcessMTL(), gh_kernels.ExcessMTL()
+    h = gh_kernels.MultiTaskHarmonizer(params, shared=params, method=ours, backend=backend)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(5):
+        x, branch = torch.randn(8, 4, generator=gen), step % 2 == 0
+        sets = [list(torch.autograd.grad(l, params, allow_unused=True, retain_graph=True)) for l in net.losses(x, branch)]
+        want = gh_kernels.aggregate(sets, ref, backend="torch")
+        net.zero_grad(set_to_none=True)
+        res = h.backward(net.losses(x, branch))
+        torch.testing.assert_close(res.weights, want.weights, rtol=1e-6, atol=1e-7)
+        for p, w in zip(params, want.out):
+            assert (p.grad is None) == (w is None)
+            if w is not None:
+                torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-6)
+
+
+def test_2_excess_mtl_runs_after_the_dtype_narrows(backend):
+    """After model.to(bfloat16) every ExcessMTL step raised ("Expected out type to be Float but got BFloat16"): the
+    sums kept the old dtype. They are converted once; the step equals an ExcessMTL loaded with the sums cast by hand."""
+    torch.manual_seed(0)
+    net = _Branchy()
+    method = gh_kernels.ExcessMTL()
+    h = gh_kernels.MultiTaskHarmonizer(net.parameters(), shared=net.parameters(), method=method, backend=backend)
+    h.backward(net.losses(torch.randn(8, 4), True))
+    net.to(torch.bfloat16)
+    net.zero_grad(set_to_none=True)
+    saved = method.state_dict()
+    saved["state"]["sq_grad_sum"] = [None if t is None else t.to(torch.bfloat16) for t in saved["state"]["sq_grad_sum"]]
+    twin = gh_kernels.ExcessMTL()
+    twin.load_state_dict(saved)
+    x = torch.randn(8, 4).bfloat16()
+    params = list(net.parameters())
+    sets = [list(torch.autograd.grad(l, params, allow_unused=True, retain_graph=True)) for l in net.losses(x, True)]
+    want = gh_kernels.aggregate(sets, twin, backend="torch")
+    res = h.backward(net.losses(x, True))
+    assert bool(torch.isfinite(res.weights).all())
+    torch.testing.assert_close(res.weights, want.weights, rtol=1e-6, atol=1e-7)

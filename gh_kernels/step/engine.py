@@ -173,6 +173,8 @@ class Engine:
             return None
         index = found.index
         full = len(index) == len(self.params)
+        if not full and getattr(plan.weighting.stateful, "reads_gradients", False):
+            return None  # ExcessMTL keeps state per parameter position: the grouped path passes every parameter
         flat = [t for s in sets for t in s] if full else [s[i] for s in sets for i in index]
         if full and self.is_shared is not None:  # planned once: the same list object every step
             mask = None if self._all_shared else self.is_shared

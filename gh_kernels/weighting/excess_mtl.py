@@ -65,6 +65,10 @@ class ExcessMTL(StatefulMethod):
         present = [i for i, t in enumerate(flat) if t is not None and t.numel()]
         spare = self._spare_like(flat, present)
         grads, new = [flat[i] for i in present], [spare[i] for i in present]
+        # The sums follow the gradients' dtype: after it changes (model.half(), a bf16 resume of a float32
+        # checkpoint) the old sums are converted once, on the step where the dtypes first differ.
+        old_sums = [old if old is None or i >= len(spare) or spare[i] is None or old.dtype == spare[i].dtype
+                    else old.to(spare[i].dtype) for i, old in enumerate(old_sums)]
         if grads:
             torch._foreach_copy_(new, grads)
             torch._foreach_mul_(new, grads)                       # g^2
