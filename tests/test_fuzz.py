@@ -23,8 +23,7 @@ a fresh random seed, printed in the report header:
 ``GH_FUZZ_LONG=1 python -m pytest tests/test_fuzz.py`` (or ``GH_FUZZ_SEED=N`` to replay one).
 
 Known open defect classes of #29, kept out of the draws until fixed (each is listed in the issue's note):
-a non-finite gradient *outside* the shared parameters (class 9), ExcessMTL across changing parameter lists
-and dtypes (1, 2), Nash-MTL's clip on rank-deficient Grams (13) and CAGrad's tie rule at 0-in-the-hull
+a non-finite gradient *outside* the shared parameters (class 9), Nash-MTL's clip on rank-deficient Grams (13) and CAGrad's tie rule at 0-in-the-hull
 float32 matrices (14). GradDrop (class 6, fixed) is compared with torchjd in tests/test_crossed_features.py:
 its reference needs torchjd's draws.
 """
