@@ -44,7 +44,7 @@ LONG = os.environ.get("GH_FUZZ_LONG") == "1"
 EXAMPLES = int(os.environ.get("GH_FUZZ_EXAMPLES", "3")) * (10 if LONG else 1)  # per method
 SEED = int(os.environ.get("GH_FUZZ_SEED", "0"))  # conftest.py draws one for the long profile and prints it
 
-# (label, factory of the method= value, options, needs two batches, minimum K)
+# (label, factory of the method= value, options, needs two batches, minimum K; K = 1 is drawn too)
 METHODS = [
     ("upgrad", lambda: "upgrad", {}, False, 2),
     ("mgda", lambda: "mgda", {}, False, 2),
@@ -144,7 +144,7 @@ def _same_state(a, b):
 def cases(draw, method):
     backends = cpu_backends()
     label, make, options, two_batches, min_k = method
-    K = 2 if label in ("gh", "gh++") else draw(st.sampled_from([k for k in (2, 3, 5) if k >= min_k]))
+    K = 2 if label in ("gh", "gh++") else draw(st.sampled_from([k for k in (1, 2, 3, 5) if k >= min_k]))
     return {
         "K": K, "label": label, "make": make, "options": dict(options), "two_batches": two_batches,
         "mode": draw(st.sampled_from(["reweight", "surgery"])),
