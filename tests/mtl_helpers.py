@@ -16,3 +16,13 @@ def task_matrix(K, gen, cond=1e4, N=48, dtype=torch.float64, common=0.0):
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def stacked_jacobian(losses, params):
+    """The K x N Jacobian of the losses over the parameters in order (zeros where a loss does not reach one):
+    what torchjd's aggregators take."""
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
+    return torch.stack(rows)

@@ -145,15 +145,12 @@ def test_equal_to_torchjd_on_the_stacked_jacobian(backend, gen):
 def test_the_training_step_equals_torchjd(backend, gen):
     A = pytest.importorskip("torchjd.aggregation")
     from models import KHeadNet
+    from mtl_helpers import stacked_jacobian
     K = 4
     net = KHeadNet(K)
     x, y = torch.randn(16, 6, generator=gen), torch.randn(16, K, generator=gen)
     params = list(net.parameters())
-    rows = []
-    for loss in net.losses(x, y):
-        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
-    J = torch.stack(rows)
+    J = stacked_jacobian(net.losses(x, y), params)
     for method, options, ref in (("trimmed-mean", {"trim_number": 1}, lambda: A.TrimmedMean(1)(J)),
                                  ("graddrop", {}, lambda: A.GradDrop()(J))):
         step = gh_kernels.MultiTaskHarmonizer(params, method=method, backend=backend, **options)

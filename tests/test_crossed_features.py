@@ -177,17 +177,14 @@ def test_6_graddrop_with_partial_grads_draws_as_torchjd(backend):
     parameters in order."""
     A = pytest.importorskip("torchjd.aggregation")
     from models import KHeadNet
+    from mtl_helpers import stacked_jacobian
     gen = torch.Generator().manual_seed(11)
     K = 3
     torch.manual_seed(0)
     net = KHeadNet(K)
     x, y = torch.randn(16, 6, generator=gen), torch.randn(16, K, generator=gen)
     params = list(net.parameters())
-    rows = []
-    for loss in net.losses(x, y):
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
-    J = torch.stack(rows)
+    J = stacked_jacobian(net.losses(x, y), params)
     before = [torch.randn(p.shape, generator=gen) if i % 2 else None for i, p in enumerate(params)]  # every other
     for p, b in zip(params, before):
         p.grad = None if b is None else b.clone()
