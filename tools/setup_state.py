@@ -35,18 +35,22 @@ def source_version() -> str:
 
 
 def installed_here() -> bool:
-    """pip's gh_kernels is this checkout (editable) and records this checkout's version."""
-    try:
-        from importlib import metadata
+    """pip's gh_kernels is an editable install of this checkout (pip's own record, direct_url.json) and records
+    this checkout's version."""
+    import json
+    from importlib import metadata
 
+    try:
         dist = metadata.distribution("gh_kernels")
-    except Exception:
+    except metadata.PackageNotFoundError:
         return False
     if dist.version != source_version():
         return False
-    spec = importlib.util.find_spec("gh_kernels")
-    where = os.path.dirname(os.path.dirname(os.path.realpath(spec.origin))) if spec and spec.origin else None
-    return where == os.path.realpath(ROOT)
+    try:
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+    except ValueError:
+        return False
+    return url.startswith("file://") and os.path.realpath(url[len("file://"):]) == os.path.realpath(ROOT)
 
 
 def extension_current() -> bool:
@@ -60,7 +64,6 @@ def extension_current() -> bool:
 
 
 def main() -> int:
-    sys.path.insert(0, ROOT)  # find_spec must see this checkout as an import from the repository root does
     actions = []
     if importlib.util.find_spec("torch") is None:
         actions.append("TORCH")
@@ -74,6 +77,7 @@ def main() -> int:
     if actions:
         print("\n".join(actions))
         return 10
+    sys.path.insert(0, ROOT)  # the summary reports this checkout's package
     import gh_kernels as g
 
     err = g.extension_error()
