@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from ...weighting.gh import solve_weights_torch
+from ...weighting.linalg import constant
 from ..compose import harmonize_from
 
 BLOCK = 4096
@@ -43,12 +44,7 @@ BATCH_ELEMENTS = 1 << 20
 
 def _fixed_order_sum(v: torch.Tensor) -> torch.Tensor:
     """Sum of a float64 vector in an order that does not depend on the thread count."""
-    while v.numel() > BLOCK:  # ATen splits one large reduction across threads; rows of BLOCK it does not
-        pad = (-v.numel()) % BLOCK
-        if pad:
-            v = torch.cat([v, v.new_zeros(pad)])
-        v = v.view(-1, BLOCK).sum(1)
-    return v.sum()
+    return _fixed_order_sum_rows(v[None])[0]
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -155,7 +151,8 @@ def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tens
 
 
 def _fixed_order_sum_rows(m: torch.Tensor) -> torch.Tensor:
-    """:func:`_fixed_order_sum` of each row of a float64 matrix, in one pass for all rows (the same order)."""
+    """Each row's sum of a float64 matrix, in an order that does not depend on the thread count: ATen splits
+    one large reduction across threads, rows of BLOCK it does not."""
     while m.shape[1] > BLOCK:
         pad = (-m.shape[1]) % BLOCK
         if pad:
@@ -164,16 +161,13 @@ def _fixed_order_sum_rows(m: torch.Tensor) -> torch.Tensor:
     return m.sum(1)
 
 
-_PAIR_INDEX = {}
-
-
 def _pair_index(K: int, device: torch.device) -> torch.Tensor:
-    """(K*K,) index of pair (min(a, b), max(a, b)) in the upper-triangle order of gram's pairs, per device."""
-    key = (K, str(device))
-    if key not in _PAIR_INDEX:
+    """(K*K,) index of pair (min(a, b), max(a, b)) in the upper-triangle order of gram's pairs (a device
+    constant: NOTE: [Device constants])."""
+    def build():
         q = {(i, j): n for n, (i, j) in enumerate((i, j) for i in range(K) for j in range(i, K))}
-        _PAIR_INDEX[key] = torch.tensor([q[min(a, b), max(a, b)] for a in range(K) for b in range(K)], device=device)
-    return _PAIR_INDEX[key]
+        return torch.tensor([q[min(a, b), max(a, b)] for a in range(K) for b in range(K)], device=device)
+    return constant(("gram pair index", K, str(device)), build)
 
 
 def _chunks(out, tensors, num_sets, params=None):
