@@ -32,7 +32,7 @@ import torch
 from . import backends
 from .ops import dispatch
 from .ops.library import result_dtype
-from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out
+from .ops.validate import GradSet, TensorOrNone, as_set, check_grad_sets, check_out, check_sets_and_out
 from .weighting import Method, Pending, Weighting, _generator_guard, resolve, weights_dtype
 
 #: Backends whose ops check every argument in C++ before writing (NOTE: [Checks in the op]).
@@ -166,9 +166,10 @@ class Plan:
 
     @staticmethod
     def python_checks(sets, out, names) -> None:
-        sets, _ = check_grad_sets(sets, set_names=names)
         if out is not None:
-            check_out(out, sets, set_names=names)
+            check_sets_and_out(sets, out, names)
+        else:
+            check_grad_sets(sets, set_names=names)
 
     def _run_new_out(self, sets) -> HarmonizeOutput:
         """out=None: new tensors like the inputs; parameters no set has stay None and are left out of the call."""

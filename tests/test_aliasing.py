@@ -145,3 +145,43 @@ def test_meta_and_sparse_arguments_are_named(backend):
         gh_kernels.gram([g, [sparse]], backend=backend)
     with pytest.raises(TypeError, match=r"g1\[0\] has layout torch.sparse_coo"):
         gh_kernels.harmonize([sparse], g, backend=backend)
+
+
+# ---------------------------------------------------------------- the planned call's one-pass checks (NOTE: [Checks by map])
+def test_an_empty_input_inside_an_out_touches_nothing(backend):
+    buf = torch.zeros(8)
+    g1 = [torch.ones(8), buf[3:3]]  # an empty view whose address lies inside out[0]
+    g2 = [torch.ones(8), torch.ones(0)]
+    out = [buf, torch.zeros(0)]
+    gh_kernels.combine(torch.tensor([1.0, 2.0]), [g1, g2], out=out, backend=backend)
+    assert torch.equal(buf, torch.full((8,), 3.0))
+
+
+def test_planned_call_names_an_out_over_another_sets_input(backend):
+    """out = g2 in place (that set is skipped by identity) while g1[1] is a view into out[0]: refused."""
+    buf = torch.arange(8.0)
+    g2 = [buf[0:4], torch.ones(4)]
+    g1 = [torch.ones(4), buf[2:6]]
+    plan = gh_kernels.plan(g1, [torch.ones(4), torch.ones(4)], out=[torch.zeros(4), torch.zeros(4)], backend=backend)
+    before = buf.clone()
+    with pytest.raises(ValueError, match=r"out\[0\] overlaps g1\[1\] in memory"):
+        plan(g1, g2, out=g2)
+    assert torch.equal(buf, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_planned_call_with_small_tensors_of_any_shape(backend, dtype, gen):
+    """Small parameters of several shapes and 16-bit outs: the planned call equals the float64 reference
+    (they are combined through flat batches)."""
+    shapes = [(3,), (2, 5), (1,), (4, 1, 2), (7,)]
+    g1 = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    g2 = [torch.randn(s, generator=gen).to(dtype) - a for s, a in zip(shapes, g1)]
+    out = [torch.empty(s, dtype=dtype) for s in shapes]
+    plan = gh_kernels.plan(g1, g2, out=out, method="gh", backend=backend)
+    res = plan(g1, g2, out=out)
+    assert res.out is out
+    torch.testing.assert_close(res.weights.double(), weights_reference(gram_reference([g1, g2]), "gh"), rtol=1e-5, atol=1e-5)
+    for p, r in enumerate(combine_reference(res.weights, [g1, g2])):  # the weights it used, applied in float64
+        terms = sum(abs(float(res.weights[k])) * s[p].double().abs() for k, s in enumerate((g1, g2)))
+        bound = EPS[dtype] * r.abs() + 4 * EPS[torch.float32] * terms + 2.0 ** -24
+        assert out[p].shape == shapes[p] and ((out[p].double() - r).abs() <= bound).all(), f"seed={gen.initial_seed()}"

@@ -192,6 +192,28 @@ def check_out(out: Sequence[torch.Tensor], sets: Sequence[List[TensorOrNone]], n
     check_out_aliasing(out, sets, name, set_names)
 
 
+def check_sets_and_out(sets: Sequence[List[TensorOrNone]], out: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """``check_sets`` then ``check_out`` in one pass over the attributes (NOTE: [Checks by map]): a planned call of
+    a Python backend runs both every step, and the outs are compared with set 0's shapes and dtypes read once.
+    Anything unusual (None, another length, a refused tensor) takes the two checks, which name it."""
+    n = len(sets[0]) if sets else 0
+    if not torch.compiler.is_compiling() and n and len(out) == n and all(len(s) == n for s in sets) \
+            and not any(map(has_none, sets)) and all(map(isinstance, out, itertools.repeat(torch.Tensor))):
+        shapes, dts = list(map(_SHAPE, sets[0])), list(map(_DTYPE, sets[0]))
+        in_place = any(all(map(operator.is_, s, out)) for s in sets)  # out is a set (out=g2): read it once
+        lists = list(sets) if in_place else list(sets) + [out]
+        if all(list(map(_SHAPE, s)) == shapes and list(map(_DTYPE, s)) == dts for s in lists[1:]) \
+                and len(devices := set().union(*(map(_DEVICE, s) for s in lists))) == 1 \
+                and set().union(*(map(_LAYOUT, s) for s in lists)) == {torch.strided} \
+                and set(dts).issubset(SUPPORTED_DTYPES) and next(iter(devices)).type != "meta" \
+                and not any(map(_REQUIRES_GRAD, out)) \
+                and (torch.is_inference_mode_enabled() or not any(map(torch.Tensor.is_inference, out))):
+            check_out_aliasing(out, sets, "out", names)
+            return
+    sets, _ = check_grad_sets(list(sets), set_names=names)
+    check_out(out, sets, set_names=names)
+
+
 def _explain_out(p: int, o, ref: TensorOrNone, name: str) -> None:
     if not isinstance(o, torch.Tensor):
         raise TypeError(f"{name}[{p}] must be a torch.Tensor, got {type(o).__name__}")

@@ -14,13 +14,17 @@ No ``torch.cat`` of gradients and no host synchronization.
   made the planned call cost 40x one ``_foreach_add_``. A larger tensor is cut into rows of its
   own (its tail in float32), ``ROWS_PER_CALL`` rows per call with 16-bit rows upcast per slice, so
   temporaries stay a few MB even for a 100M-element tensor.
-* Combine: ``y = sum_k w_k * float32(x_k) (+ float32(out))`` into fresh float32 temporaries,
-  then ``out.copy_(y)``. Every input is read before any output is written, so ``out`` may alias
-  any input (the same tensor in several sets included), and 16-bit gradients get float32
-  intermediates (no overflow of ``w*x`` in float16). Large contiguous parameters are cut into
-  flat chunks of ``CHUNK`` elements and chunks are processed in batches of about
-  ``BATCH_ELEMENTS`` elements, which bounds the temporaries. Chunking keeps the result exact: the
-  one aliasing the API allows, ``out[p]`` being an input of parameter ``p``, aliases chunk for chunk.
+* Combine: the small parameters (NOTE: [Small tensors in rows]) as ``y = sum_k w_k * flat_k (+ outs)``
+  on each batch's flats in float32 (float64 for float64 gradients), written into the outs by one
+  ``split_with_sizes_copy`` (1-D outs: the views are made in C++) or one ``_foreach_copy_``. The
+  flats are copies, so every input is read before any output is written and ``out`` may alias any
+  input (the same tensor in several sets included); 16-bit gradients get float32 intermediates (no
+  overflow of ``w*x`` in float16). The fused ``harmonize_`` builds one :class:`_Layout` per call, so
+  the Gram and the combine share the flats: each set's small tensors are read into them once. Large
+  parameters: foreach ops into fresh float32 temporaries, then ``out.copy_(y)``, cut into flat chunks
+  of ``CHUNK`` elements processed in batches of about ``BATCH_ELEMENTS`` elements, which bounds the
+  temporaries. Chunking keeps the result exact: the one aliasing the API allows, ``out[p]`` being an
+  input of parameter ``p``, aliases chunk for chunk.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch
 
 from ...weighting.gh import solve_weights_torch
 from ...weighting.linalg import constant
-from ..compose import harmonize_from
+from ..compose import scaled, select_for_gram, zero_gram
 
 BLOCK = 4096
 _DTYPE = operator.attrgetter("dtype")
@@ -56,7 +60,9 @@ def _split(t: torch.Tensor):
     """A flat tensor as (rows of BLOCK elements in its own dtype, or None; the rest in its accumulation dtype)."""
     n = t.numel()
     full = n - n % BLOCK if n > BLOCK else 0
-    return (t[:full].view(-1, BLOCK) if full else None), t[full:].to(_acc(t.dtype))
+    if not full:
+        return None, t.to(_acc(t.dtype))  # (no slice: each small op costs host time on every step)
+    return t[:full].view(-1, BLOCK), t[full:].to(_acc(t.dtype))
 
 
 def _dot_pieces(a, b, scalars: List[torch.Tensor], rows: List[torch.Tensor]) -> None:
@@ -113,33 +119,70 @@ def _set_list(tensors, P: int, k: int, batch: List[int]):
     return tensors[k * P:(k + 1) * P] if len(batch) == P else [tensors[k * P + p] for p in batch]
 
 
-def _flat(ts) -> torch.Tensor:
-    """Tensors end to end, in one C++ call: ``torch.cat`` when they are all 1-D (a fifth of a foreach op per
-    tensor), else torch's flatten_dense_tensors (as DDP's buckets; a view per tensor)."""
-    return torch.cat(ts) if set(map(torch.Tensor.dim, ts)) == {1} else _flatten(ts)
+def _flat(ts, one_d: Optional[bool] = None) -> torch.Tensor:
+    """Tensors end to end, in one C++ call: ``torch.cat`` when they are all 1-D (``one_d``, read when not given;
+    a fifth of a foreach op per tensor), else torch's flatten_dense_tensors (as DDP's buckets; a view per tensor)."""
+    if one_d is None:
+        one_d = all(map((1).__eq__, map(torch.Tensor.dim, ts)))
+    return torch.cat(ts) if one_d else _flatten(ts)
+
+
+class _Layout:
+    """One call's work split (NOTE: [Small tensors in rows]): the small parameters' batches, the large ones,
+    and each batch's flat per set, built on first use and shared by the Gram and the combine of one
+    harmonize_ call (the sets are read into the flats once)."""
+
+    def __init__(self, tensors, K: int, P: int):
+        self.tensors, self.K, self.P = tensors, K, P
+        self.sizes, self.dtypes, self.present = _layout(tensors, K, P)
+        self.batches, self.large = _small_batches(self.sizes, self.dtypes, self.present, K)
+        self._flats, self._one_d = {}, {}
+
+    def one_d(self, b: int) -> bool:
+        """Whether batch b's parameters are all 1-D (read once, from the first set that has them)."""
+        if b not in self._one_d:
+            _, have, batch = self.batches[b]
+            self._one_d[b] = all(map((1).__eq__, map(torch.Tensor.dim, _set_list(self.tensors, self.P, have[0], batch))))
+        return self._one_d[b]
+
+    def sizes_of(self, b: int) -> List[int]:
+        batch = self.batches[b][2]
+        return self.sizes if len(batch) == self.P else [self.sizes[p] for p in batch]
+
+    def flats(self, b: int) -> List[Optional[torch.Tensor]]:
+        """Batch b's tensors of each set end to end (None for a set without them)."""
+        if b not in self._flats:
+            _, have, batch = self.batches[b]
+            one_d = self.one_d(b)
+            self._flats[b] = [_flat(_set_list(self.tensors, self.P, k, batch), one_d) if k in have else None
+                              for k in range(self.K)]
+        return self._flats[b]
 
 
 def gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> torch.Tensor:
     """K x K Gram matrix (float32; float64 when a gradient is float64) of ``num_sets`` sets laid out set-major."""
-    K = num_sets
-    P = len(tensors) // K
+    return _gram(_Layout(tensors, num_sets, len(tensors) // num_sets))
+
+
+def _gram(layout: _Layout) -> torch.Tensor:
+    tensors, K, P = layout.tensors, layout.K, layout.P
     device = next(t.device for t in tensors if t is not None)
     pairs = [(i, j) for i in range(K) for j in range(i, K)]
     scalars: List[List[torch.Tensor]] = [[] for _ in pairs]
     rows: List[List[torch.Tensor]] = [[] for _ in pairs]
-    sizes, dtypes, present = _layout(tensors, K, P)
-    batches, large = _small_batches(sizes, dtypes, present, K)
-    for dtype, have, batch in batches:  # NOTE: [Small tensors in rows]
-        flats = [_split(_flat(_set_list(tensors, P, k, batch))) if k in have else None for k in range(K)]
+    for b in range(len(layout.batches)):  # NOTE: [Small tensors in rows]
+        flats = [None if f is None else _split(f) for f in layout.flats(b)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
-    for p in large:
+    for p in layout.large:
         flats = [None if tensors[k * P + p] is None else _split(tensors[k * P + p].reshape(-1)) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
-    dtype = torch.float64 if torch.float64 in dtypes else torch.float32  # the sets share each parameter's dtype
+    dtype = torch.float64 if torch.float64 in layout.dtypes else torch.float32  # the sets share each parameter's dtype
+    if not any(rows) and all(len(sc) == 1 for sc in scalars):  # one small batch: a dot per pair
+        return torch.stack([sc[0] for sc in scalars]).to(dtype)[_pair_index(K, device)].view(K, K)
     pieces = [rw + ([torch.stack(sc)] if sc else []) for sc, rw in zip(scalars, rows)]
     if all(len(x) == len(pieces[0]) and all(a.shape == b.shape for a, b in zip(x, pieces[0])) for x in pieces) and pieces[0]:
         # every pair has the same pieces (no absent sets): one batched fixed-order sum for all pairs
@@ -196,27 +239,28 @@ def _batches(items):
     return batches + ([current] if current else [])
 
 
-def _combine_lists(outs, ins, have, w_k, acc, dtype, accumulate: bool, chain: bool = False) -> None:
-    """outs (+)= sum over the present sets of w_k * ins[k], every input read before an out is written.
-    NOTE: [In-place chains]: for whole tensors (``chain``; not chunk views), without accumulation, in the
-    accumulation dtype, the sum is built in the outs themselves when no out shares memory with an input
-    (copy, scale, addcmul: no temporaries) or when every out is set j's memory (out=g_j: scale it, then add
-    the others). The out= rules (ops/memory.py) allow an out to share memory only as exactly its own
-    parameter's input, so equal data pointers are the whole test. Otherwise foreach ops into temporaries,
-    converted only when the dtype is not the accumulation dtype."""
-    if chain and not accumulate and acc == dtype:
-        out_ptrs = list(map(torch.Tensor.data_ptr, outs))
-        aliased = [k for k in have if any(map(operator.eq, out_ptrs, map(torch.Tensor.data_ptr, ins[k])))]
-        first = aliased[0] if len(aliased) == 1 and list(map(torch.Tensor.data_ptr, ins[aliased[0]])) == out_ptrs else None
-        if not aliased or first is not None:
-            rest = [k for k in have if k != first]
-            if first is None:
-                first = rest.pop(0)
-                torch._foreach_copy_(outs, ins[first])
-            torch._foreach_mul_(outs, w_k[first])
-            for k in rest:
-                torch._foreach_addcmul_(outs, ins[k], [w_k[k]] * len(outs))
-            return
+def _combine_flat(outs, flats, have, w_k, acc, accumulate: bool, sizes: List[int], one_d: bool) -> None:
+    """NOTE: [Small tensors in rows] for the combine: ``y = sum_k w_k flat_k (+ outs)`` over one batch's flats
+    (copies: every input is read before an out is written, so an out may be any input), then one
+    ``_foreach_copy_`` into the outs through views of ``y``. Three foreach ops per set over the tensors
+    themselves cost 4x one ``_foreach_add_``; this costs one copy and the views."""
+    y = None
+    for k in have:
+        x = flats[k] if flats[k].dtype == acc else flats[k].to(acc)
+        y = x * w_k[k] if y is None else y.addcmul_(x, w_k[k])
+    if accumulate:
+        o = _flat(outs, one_d)
+        y += o if o.dtype == acc else o.to(acc)
+    if one_d:  # split in C++ into the outs (no Python view objects); it takes outs of y's dtype only
+        torch.split_with_sizes_copy(y if y.dtype == outs[0].dtype else y.to(outs[0].dtype), sizes, out=outs)  # 1-D outs of those sizes: nothing is resized
+    else:
+        torch._foreach_copy_(outs, [v.view(o.shape) for v, o in zip(y.split(sizes), outs)])
+
+
+def _combine_lists(outs, ins, have, w_k, acc, dtype, accumulate: bool) -> None:
+    """outs (+)= sum over the present sets of w_k * ins[k] for chunks of large parameters: foreach ops into
+    temporaries (every input read before an out is written), converted only when the dtype is not the
+    accumulation dtype."""
     if acc != dtype:
         ins = [None if ts is None else [t.to(acc) for t in ts] for ts in ins]
     y = torch._foreach_mul(ins[have[0]], w_k[have[0]])
@@ -235,8 +279,13 @@ def combine_(
     accumulate: bool,
 ) -> None:
     """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32 (float64 for float64
-    gradients), then written: foreach ops over batches of parameters with the same dtype and sets present."""
-    K, P = num_sets, len(out)
+    gradients), then written: the small parameters in flat batches, the large ones by foreach ops over chunks
+    with the same dtype and sets present."""
+    _combine(out, _Layout(tensors, num_sets, len(out)), weights, accumulate)
+
+
+def _combine(out, layout: _Layout, weights: torch.Tensor, accumulate: bool) -> None:
+    tensors, K, P = layout.tensors, layout.K, layout.P
     w_by_acc = {}  # accumulation dtype -> the weights in it, converted once and only when a group needs it
 
     def w_in(acc):
@@ -244,19 +293,16 @@ def combine_(
             w_by_acc[acc] = list(weights.to(acc))
         return w_by_acc[acc]
 
-    sizes, dtypes, present = _layout(tensors, K, P)
-    batches, large = _small_batches(sizes, dtypes, present, K)
-    for dtype, have, batch in batches:
+    for b, (dtype, have, batch) in enumerate(layout.batches):
         outs = out if len(batch) == P else [out[p] for p in batch]
         if not have:
             if not accumulate:
                 torch._foreach_zero_(outs)
             continue
         acc = _acc(dtype)
-        ins = [_set_list(tensors, P, k, batch) if k in have else None for k in range(K)]
-        _combine_lists(outs, ins, have, w_in(acc), acc, dtype, accumulate, chain=True)
+        _combine_flat(outs, layout.flats(b), have, w_in(acc), acc, accumulate, layout.sizes_of(b), layout.one_d(b))
     groups = {}  # large items with the same sets present and dtype
-    for o, ins in _chunks(out, tensors, K, large):
+    for o, ins in _chunks(out, tensors, K, layout.large):
         groups.setdefault((tuple(k for k in range(K) if ins[k] is not None), o.dtype), []).append((o, ins))
     for (have, dtype), items in groups.items():
         for batch in _batches(items):
@@ -274,4 +320,15 @@ def weights(G: torch.Tensor, method: str, kappa: float) -> torch.Tensor:
     return solve_weights_torch(G, method, kappa)
 
 
-harmonize_ = harmonize_from(gram, weights, combine_)
+def harmonize_(out, tensors, gram_mask, method, kappa, scale1, scale2, accumulate, cache_host=None, cache_device=None):
+    """Gram, weights and combine of two sets; without a mask the Gram and the combine share one layout and its
+    flats (each set's small tensors are read into them once)."""
+    layout = _Layout(tensors, 2, len(out))
+    selected = select_for_gram(out, tensors, gram_mask)
+    if selected is None:
+        G = zero_gram(out, tensors)
+    else:
+        G = _gram(layout) if gram_mask is None else gram(selected, 2)
+    w = weights(G, method, kappa)
+    _combine(out, layout, scaled(w, scale1, scale2), accumulate)
+    return G, w
