@@ -38,7 +38,7 @@ from . import memory, shapes, timing
 
 
 def make_lists(kind: str, K: int, scale: float, device):
-    shp = shapes.resnet50_like() if kind == "resnet50" else shapes.vit_b16_like()
+    shp = {"resnet50": shapes.resnet50_like, "resnet18": shapes.resnet18_like, "vit_b16": shapes.vit_b16_like}[kind]()
     if scale != 1.0:
         shp = [tuple(max(1, int(round(d * scale))) if i == 0 else d for i, d in enumerate(s)) for s in shp]
     g = torch.Generator(device="cpu").manual_seed(0)

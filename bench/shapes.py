@@ -22,6 +22,20 @@ def resnet50_like() -> List[Shape]:
     return shapes
 
 
+def resnet18_like() -> List[Shape]:
+    """ResNet-18's trunk (62 parameter tensors, 11.2M elements) and a 40-way linear head (CelebA's 40 attributes):
+    the shared parameters of LibMTL's CelebA benchmark."""
+    shapes: List[Shape] = [(64, 3, 7, 7), (64,), (64,)]
+    in_ch = 64
+    for width in (64, 128, 256, 512):
+        for b in range(2):
+            shapes += [(width, in_ch, 3, 3), (width,), (width,), (width, width, 3, 3), (width,), (width,)]
+            if b == 0 and in_ch != width:
+                shapes += [(width, in_ch, 1, 1), (width,), (width,)]
+            in_ch = width
+    return shapes
+
+
 def vit_b16_like() -> List[Shape]:
     """ViT-B/16's 152 parameter tensors: 86M elements."""
     d, mlp = 768, 3072

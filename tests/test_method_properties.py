@@ -2,6 +2,8 @@
 (tests/property_testers.py), on full-rank, rank-deficient and zero-in-hull matrices, float32 and float64,
 K = 2..12. A method's update is ``weights(J J^T) @ J`` with the Gram matrix computed by the fused kernel
 (float32 gradients give a float32 Gram, as in training)."""
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,9 @@ import property_testers as P
 from gh_kernels.weighting.coordinate import COORDINATE_METHODS
 
 KS = (2, 3, 5, 8, 12)
+#: Above 8 tasks the solvers pivot (issue #28): one matrix at K = 13; ``--run-slow`` adds 20 to 64.
+KS_LARGE = (13,)
+KS_LARGE_SLOW = (20, 32, 40, 50, 64)
 DTYPES = (torch.float64, torch.float32)
 
 
@@ -71,6 +76,13 @@ METHODS = {
 }
 
 
+#: Above 12 tasks, on rank-deficient matrices (rank K / 2, 0 in the hull of the rows most often), a measured limit:
+#: CAGrad with c = 1: the exact update is 0 there, and float64 rounding of w, amplified by radius / ||J^T w||, gives
+#: conflicts of ~1e-5 of |g|^2 on 3% of the matrices, as much with the enumeration (11 of 300 at K = 10) as with
+#: the path (9 of 300 at K = 13): a precision limit of the method on these matrices, not of the solver.
+LARGE_K_LIMITS = ("cagrad c=1",)
+
+
 def _method(label):
     spec = METHODS[label][0]
     return (spec, {}) if callable(spec) else (label.split(" ")[0], spec)
@@ -79,14 +91,17 @@ def _method(label):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 @pytest.mark.parametrize("kind", P.KINDS)
 @pytest.mark.parametrize("label", list(METHODS))
-def test_properties(label, kind, dtype, gen):
+def test_properties(label, kind, dtype, gen, request):
     name, options = _method(label)
     holds = METHODS[label][1]
     update = update_of(name, **options)
-    for K in KS:
+    large = KS_LARGE + (KS_LARGE_SLOW if request.config.getoption("--run-slow") or os.environ.get("GH_RUN_SLOW") == "1" else ())
+    for K in KS + large:
         if (name == "krum" or label == "trimmed-mean trim=1") and K < 3:
             continue
-        for _ in range(3):
+        if K > max(KS) and kind == "rank_deficient" and label in LARGE_K_LIMITS:
+            continue
+        for _ in range(3 if K in KS else 1):
             J = P.sample(kind, K, gen, dtype)
             P.expected_structure(update, J)
             if "non_conflicting" in holds and (kind != "rank_deficient" or "exact" not in label):

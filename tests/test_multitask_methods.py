@@ -122,11 +122,18 @@ def test_pcgrad_order_deterministic_and_with_generator(K, gen):
     assert rel(d, pcgrad_loop(J, orders)) < 1e-12
 
 
-@pytest.mark.parametrize("K", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 8, 13, pytest.param(40, marks=pytest.mark.slow), pytest.param(64, marks=pytest.mark.slow)])
 def test_jacobi_eigh_matches_lapack(K, gen):
+    """The CUDA path's eigensolver (symeig off the CPU) against LAPACK, rank-deficient included; for K > 8 also a
+    spectrum over 12 decades (JACOBI_SWEEPS_LARGE)."""
+    mats = []
     for rank in {K, max(1, K // 2)}:
         X = torch.randn(K, rank, generator=gen, dtype=torch.float64)
-        A = X @ X.T
+        mats.append(X @ X.T)
+    if K > 8:
+        Q, _ = torch.linalg.qr(torch.randn(K, K, generator=gen, dtype=torch.float64))
+        mats.append((Q * torch.logspace(0, -12, K, dtype=torch.float64)) @ Q.T)
+    for A in mats:
         evals, V = jacobi_eigh(A)
         ref = torch.linalg.eigvalsh(A)
         torch.testing.assert_close(evals, ref, rtol=0, atol=1e-12 * A.abs().max().item())
@@ -180,8 +187,8 @@ def test_bad_inputs_name_the_argument():
         gh_kernels.weights(G, gh_kernels.GradVac(), beta=0.2)
     with pytest.raises(ValueError, match="beta must be a finite number in"):
         gh_kernels.GradVac(beta=2)
-    with pytest.raises(ValueError, match="K = 13 tasks is above the 12"):
-        gh_kernels.weights(torch.eye(13), "mean")
+    with pytest.raises(ValueError, match="K = 65 tasks is above the 64"):
+        gh_kernels.weights(torch.eye(65), "mean")
     with pytest.raises(ValueError, match="method 'gh' takes the option kappa only; got c"):
         gh_kernels.weights(torch.eye(2), "gh", c=1.0)
 

@@ -88,3 +88,28 @@ def test_small_tensor_gram_rows_are_thread_count_independent(gen):
     assert torch.equal(one, two)
     ref = gram_reference(sets)
     assert ((one.double() - ref).abs() <= 1e-5 * ref.abs().max()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gram_blocks_above_8_sets(dtype, gen):
+    """NOTE: [Gram blocks above 8 sets]: K = 13 sets (one absent from a parameter, which takes the pairs' path)
+    over small tensors, a large one with a tail and one above a matmul call's rows: the float64 reference within
+    the accumulation's rounding, symmetric, and bitwise the same on 1, 2 and 3 threads."""
+    from gh_kernels.backends.pytorch import kernels as tb
+    sizes = [5, (3, 7), 100_003, 4096 * 3, tb.BLOCK_GRAM_ELEMENTS // (13 * tb.BLOCK) * tb.BLOCK + 17]
+    sets = [make_set(sizes, dtype, gen) for _ in range(13)]
+    sets[4][1] = None
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(gh_kernels.gram(sets, backend="torch"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results) and torch.equal(results[0], results[0].T)
+    ref = gram_reference(sets)
+    # rounding of BLOCK-element float32 (float64) rows: a few hundred ulps of the largest squared norm at most
+    eps = 2.0 ** -52 if dtype == torch.float64 else 2.0 ** -23
+    scale = max(sum(t.double().pow(2).sum() for t in s if t is not None) for s in sets)
+    assert float((results[0].double() - ref).abs().max()) <= 1024 * eps * float(scale)

@@ -1,22 +1,123 @@
-"""Exact small convex solves behind UPGrad, DualProj, MGDA, CAGrad and PCD, by enumerating supports;
-the Newton solve behind Nash-MTL and FairGrad; the simplex projection of MoDo and SDMGrad.
+"""Exact small convex solves behind UPGrad, DualProj, MGDA, CAGrad and PCD; the Newton solve behind Nash-MTL
+and FairGrad; the simplex projection of MoDo and SDMGrad.
 
-Each problem is a strictly convex minimization over K <= 8 variables with simple constraints. On
-the right active set (support) its KKT conditions are a linear system; we solve the systems of
-*all* 2^K active sets in one batched ``solve_ex``, move every candidate onto the feasible set (a
-candidate from a wrong active set is feasible after that, never better than the optimum), and keep
-the one with the smallest objective. The right active set's candidate is the exact optimum, so the
-result is exact up to float64 rounding: no iteration count, no tolerance, no host sync, and a
-fixed amount of device work (2^K systems of size K or K + 1).
+Each problem is a strictly convex minimization over K variables with simple constraints. On the right
+active set (support) its KKT conditions are a linear system. Two ways to find it, both with a fixed
+amount of device work and no host sync:
+
+* K <= ENUMERATION_MAX_K: the systems of *all* 2^K active sets in one batched ``solve_ex``; every
+  candidate is moved onto the feasible set (a candidate from a wrong active set is feasible after that,
+  never better than the optimum) and the one with the smallest objective is kept. No iteration count,
+  no tolerance.
+* Above: MGDA's min-norm point by Wolfe's algorithm (NOTE: [Wolfe's min-norm point]), CAGrad by following its
+  path from that point (NOTE: [CAGrad's homotopy]), and the nonnegative QPs of UPGrad, DualProj and PCD by
+  the primal active-set method from a FISTA start (NOTE: [Primal active set above 8 tasks]). Wolfe's and the
+  active-set method keep a feasible point whose objective never rises, so neither can cycle; the path changes
+  one variable per segment. Each runs a fixed number of steps (measured enough, with a factor 2 to spare) and
+  stops moving by a mask once converged: the result is the exact optimum, the solution of the final active
+  set's linear system.
 
 A candidate that comes from a singular system is inf/nan and is never chosen; the callers pass a
 positive definite (regularized) Gram matrix, so the right active set's system is never singular.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from .linalg import argmin_candidates, eye, solve_batch, subsets
+from .linalg import argmin_candidates, constant, eye, solve_batch, subsets
+
+#: Up to this K the solvers enumerate the 2^K active sets (256 systems); above it they iterate.
+ENUMERATION_MAX_K = 8
+#: NOTE: [Primal active set above 8 tasks]: the FISTA steps that give the first active set and point, and the
+#: active-set steps (measured: see tests/test_multitask_large_k.py's stress profile).
+FISTA_ITERATIONS = 300
+
+
+def ACTIVE_SET_STEPS(K: int) -> int:  # noqa: N802 (a constant of K)
+    """Measured at most 0.92 K steps after the FISTA start (1.75 K from 0) over 350 matrices at K = 9..64, UPGrad's
+    K rows and DualProj's, regularized and not; twice that, plus a margin for small K."""
+    return 2 * K + 16
+
+
+#: Relative ridge of an active-set solve (nonneg_qp_rows): below float64 rounding of the default regularization.
+RIDGE = 1e-13
+
+
+
+def _fista_momenta(n: int):
+    """FISTA's momentum coefficients (t_k - 1) / t_{k+1}: a fixed sequence, computed on the host once."""
+    def build():
+        t, out = 1.0, []
+        for _ in range(n):
+            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            out.append((t - 1) / t_next)
+            t = t_next
+        return out
+    return constant(("fista momenta", n), build)
+
+
+def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, steps: Optional[int] = None, warm: bool = True,
+                   ridge: float = 0.0) -> torch.Tensor:
+    """``argmin_{z >= 0} z^T Q z / 2 + c^T z`` for every row c of ``C`` (B, K); Q symmetric positive semidefinite.
+
+    NOTE: [Primal active set above 8 tasks]: the primal active-set method (Lawson and Hanson's NNLS steps; the same
+    scheme as NOTE: [Wolfe's min-norm point]), every row of the batch at once with its own free set F. z stays
+    feasible and the objective falls at every step, so it cannot cycle whatever the conditioning. A step solves
+    ``(Q x)_F = -c_F`` (``x = 0`` off F): when x > 0 on F it is taken and the variable with the most negative
+    gradient ``(Q z + c)_i`` joins F (beyond rounding), else z moves toward x until a variable reaches 0 and
+    leaves. ``warm``: F and z start from ``FISTA_ITERATIONS`` accelerated projected-gradient steps (feasible), so
+    the steps only correct their active set. Converged rows stop moving (a mask): a fixed amount of work, no host
+    sync. Measured steps (tests/test_multitask_large_k.py's stress profile, which passes with half of them): see
+    ACTIVE_SET_STEPS. ``ridge``: a singular Q (UPGrad with ``reg_eps=0`` on a rank-deficient Gram) gets
+    ``ridge * trace(Q)`` on its diagonal, which makes every system nonsingular (PCD passes its own regularization,
+    whose effect it measures: no ridge there). Block principal pivoting (Judice and Pires; Kim and Park) needed fewer
+    steps where it converged, but did not converge within 32 steps on rank-deficient Grams at K = 40 (UPGrad
+    off by 5e-3), and cycled on MGDA's."""
+    B, K = C.shape
+    dt, dev = Q.dtype, Q.device
+    identity = eye(K, dt, dev)
+    index = constant(("arange", K, str(dev)), lambda: torch.arange(K, device=dev))
+    if ridge:
+        Q = Q + (ridge * Q.diagonal().sum()) * identity
+    z = torch.zeros_like(C)
+    if warm:  # FISTA from 0 with step 1 / trace(Q) (trace >= the largest eigenvalue)
+        step = 1.0 / Q.diagonal().sum().clamp_min(torch.finfo(dt).tiny)
+        y = z
+        for momentum in _fista_momenta(FISTA_ITERATIONS):
+            z_next = (y - (y @ Q + C) * step).clamp_min(0.0)
+            y = z_next + momentum * (z_next - z)
+            z = z_next
+    free = z > 0
+    done = torch.zeros((B,), dtype=torch.bool, device=dev)
+    inf = torch.full((B, K), float("inf"), dtype=dt, device=dev)
+    level = 64 * torch.finfo(dt).eps
+    for _ in range(ACTIVE_SET_STEPS(K) if steps is None else steps):
+        M = torch.where(free[:, :, None] & free[:, None, :], Q[None], identity[None])
+        x = solve_batch(M, torch.where(free, -C, 0.0)[:, :, None])[:, :, 0]
+        major = ~(free & (x <= 0)).any(1) & torch.isfinite(x).all(1)
+        grad = x @ Q + C
+        outside = torch.where(free, inf, grad)
+        smallest = outside.min(1)
+        joins = smallest.values < -level * (C.abs().amax(1) + (x.abs() @ Q.abs()).amax(1))
+        free_major = free | (joins[:, None] & (index[None] == smallest.indices[:, None]))
+        shrinking = free & (x <= 0)
+        ratio = torch.where(shrinking, z / torch.where(shrinking, z - x, 1.0), inf)
+        first = ratio.min(1)
+        leaves = index[None] == first.indices[:, None]
+        z_minor = torch.where(leaves, 0.0, z + first.values[:, None] * (x - z)).clamp_min(0.0)
+        free_minor = free & ~leaves & (z_minor > 0)
+        keep = done[:, None]
+        z = torch.where(keep, z, torch.where(major[:, None], x, z_minor))
+        free = torch.where(keep, free, torch.where(major[:, None], free_major, free_minor))
+        done = done | (major & ~joins)
+    return z
+
+
+def nonneg_qp_primal(Q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """:func:`nonneg_qp_rows` for one problem."""
+    return nonneg_qp_rows(Q, c[None])[0]
 
 
 def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
@@ -27,6 +128,8 @@ def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     set F: ``(G v)_F = 0``, ``v_A = u_A`` on the active set A.
     """
     K = G.shape[-1]
+    if K > ENUMERATION_MAX_K:  # v = u + z, z >= 0: v^T G v = z^T G z + 2 (G u)^T z + const
+        return U + nonneg_qp_rows(G, U @ G, ridge=RIDGE)
     free = subsets(K, G.device)                                 # (S, K): True = free
     M = torch.where(free[:, :, None], G[None], eye(K, G.dtype, G.device)[None])        # rows: G_i for free i, e_i for active i
     rhs = torch.where(free[:, None, :], torch.zeros((), dtype=G.dtype, device=G.device), U[None])  # (S, B, K)
@@ -44,6 +147,8 @@ def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     """
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
+    if K > ENUMERATION_MAX_K:
+        return _min_norm_wolfe(G)
     support = subsets(K, dev)[1:]                                # (S, K), nonempty
     S = support.shape[0]
     M = torch.zeros((S, K + 1, K + 1), dtype=dt, device=dev)
@@ -59,6 +164,54 @@ def min_norm_simplex(G: torch.Tensor) -> torch.Tensor:
     return argmin_candidates(W, objective)
 
 
+def _min_norm_wolfe(G: torch.Tensor) -> torch.Tensor:
+    """NOTE: [Wolfe's min-norm point]: MGDA's min-norm point for K > ENUMERATION_MAX_K by Wolfe's algorithm
+    (Math. Programming 11, 1976), the nearest point to 0 in the hull of the gradients, with masks. It keeps a
+    "corral" S and a point x in its hull. A step solves the affine problem on S (``(G a)_S = lambda``, ``a = 0``
+    off S, ``sum a = 1``: one (K+1) x (K+1) system). When ``a >= 0`` (a major step) x = a, and the gradient i
+    with the smallest ``<g_i, J^T x> = (G x)_i`` joins S if it is below ``x^T G x`` (beyond the Gram matrix's
+    rounding), else x is the optimum. Otherwise (a minor step) x moves toward a until a weight reaches 0, and
+    that gradient leaves S. Each step lowers the distance or shrinks S, so it ends: measured at most 1.4 K
+    steps (480 matrices at K = 9..64, the degenerate kinds included); ``2 K + 16`` are run, a fixed amount of
+    work. Block pivoting on the simplex's KKT conditions cycled
+    here on nearly singular Grams (0 nearly in the hull of a rank-deficient set, where the min-norm value is the
+    regularization): Wolfe's corral stays affinely independent, so every system it solves has a solution."""
+    K = G.shape[-1]
+    dt, dev = G.dtype, G.device
+    identity = eye(K, dt, dev)
+    index = constant(("arange", K, str(dev)), lambda: torch.arange(K, device=dev))
+    inf = torch.full((K,), float("inf"), dtype=dt, device=dev)
+    tolerance = 64 * torch.finfo(dt).eps * G.diagonal().max()
+    corral = index == G.diagonal().argmin()  # the nearest vertex
+    x = corral.to(dt)
+    done = torch.zeros((), dtype=torch.bool, device=dev)
+    rhs = torch.cat((torch.zeros(K, dtype=dt, device=dev), torch.ones(1, dtype=dt, device=dev)))[:, None]
+    for _ in range(2 * K + 16):
+        M = torch.zeros((K + 1, K + 1), dtype=dt, device=dev)
+        M[:K, :K] = torch.where(corral[:, None] & corral[None, :], G, identity)
+        M[:K, K] = torch.where(corral, -1.0, 0.0).to(dt)
+        M[K, :K] = corral.to(dt)
+        a = solve_batch(M, rhs)[:K, 0]
+        major = ~(corral & (a < 0)).any() & torch.isfinite(a).all()
+        # major step: x = a; the most violated gradient joins, or x is optimal
+        Ga = G @ a
+        outside = torch.where(corral, inf, Ga)
+        joins = outside.min() < a @ Ga - tolerance
+        optimal = major & ~joins
+        corral_major = corral | (joins & (index == outside.argmin()))
+        # minor step: toward a until the first weight (of those a takes below 0) reaches 0
+        shrinking = corral & (a < 0)
+        ratio = torch.where(shrinking, x / torch.where(shrinking, x - a, 1.0), inf)
+        theta = ratio.min()
+        leaves = index == ratio.argmin()
+        x_minor = torch.where(leaves, 0.0, x + theta * (a - x)).clamp_min(0.0)
+        corral_minor = corral & ~leaves & (x_minor > 0)
+        x = torch.where(done, x, torch.where(major, a, x_minor))
+        corral = torch.where(done, corral, torch.where(major, corral_major, corral_minor))
+        done = done | optimal
+    return x / x.sum()
+
+
 def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
     """``argmin_w b^T w + radius * sqrt(w^T G w)`` over the simplex (CAGrad's dual problem).
 
@@ -69,6 +222,8 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     """
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
+    if K > ENUMERATION_MAX_K:
+        return _choose_cagrad(G, b, radius, noise, _cagrad_homotopy(G, b, radius)[None])
     support = subsets(K, dev)[1:]
     M = torch.where(support[:, :, None], G[None], eye(K, dt, dev)[None])
     ones = torch.ones(K, dtype=dt, device=dev)
@@ -92,6 +247,68 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     # would amplify to full length: the kink wins every tie within that. (Subtracting the noise from every
     # candidate's w^T G w instead undercounted the penalty of candidates just above it, which then won on
     # rank-deficient float32 Grams, with conflicting updates.)
+    return _choose_cagrad(G, b, radius, noise, W)
+
+
+def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """NOTE: [CAGrad's homotopy]: CAGrad's simplex problem for K > ENUMERATION_MAX_K, exactly, by following a path.
+
+    The optimum w* is also the solution of the simplex QP ``min b^T w + w^T G w / (2 mu)`` at ``mu* = s(w*) / radius``
+    (s(w) = sqrt(w^T G w): both problems have the same KKT conditions then). On a fixed support S the QP's
+    solution is affine in mu, ``w(mu) = w0 + mu delta`` (w0 = a / A, delta = (B / A) a - d with a = G_SS^-1 1,
+    d = G_SS^-1 b_S, A = 1^T a, B = 1^T d), and so are the scaled multipliers off S, ``h(mu) = mu b + G w(mu) -
+    (1 + mu B) / A`` (>= 0 off S). From mu = 0 (the min-norm point, MGDA's support) the path is followed
+    segment by segment: a segment ends where a weight on S reaches 0 (it leaves) or a multiplier off S reaches
+    0 (it enters); on each segment ``s(w(mu))^2 = radius^2 mu^2`` is a quadratic in mu, and its first root on
+    the segment is the optimum. ``2 K + 8`` segments, each one solve of G_SS; a fixed amount of work, the
+    stop a mask. s(w(0)) > 0 (G positive definite) and s stays bounded while radius * mu grows, so the
+    root exists."""
+    K = G.shape[-1]
+    dt, dev = G.dtype, G.device
+    index = constant(("arange", K, str(dev)), lambda: torch.arange(K, device=dev))
+    identity = eye(K, dt, dev)
+    inf = torch.full((K,), float("inf"), dtype=dt, device=dev)
+    w_m = min_norm_simplex(G)
+    support = w_m > 0
+    mu = torch.zeros((), dtype=dt, device=dev)
+    result, done = w_m, torch.zeros((), dtype=torch.bool, device=dev)
+    last = torch.full((), -1, device=dev)  # the variable that changed at this mu: not a breakpoint again here
+    rhs_ones = torch.ones(K, dtype=dt, device=dev)
+    for _ in range(2 * K + 8):
+        M = torch.where(support[:, None] & support[None, :], G, identity)
+        X = solve_batch(M, torch.stack((torch.where(support, rhs_ones, 0.0), torch.where(support, b, 0.0)), dim=-1))
+        a, d = X[:, 0], X[:, 1]
+        A, B = a.sum(), d.sum()
+        w0, delta = a / A, (B / A) * a - d
+        Gw0, Gdelta = G @ w0, G @ delta
+        h0, h1 = Gw0 - 1.0 / A, b + Gdelta - B / A
+        q0, q1, q2 = w0 @ Gw0, w0 @ Gdelta, delta @ Gdelta - radius * radius
+        # first root of q0 + 2 q1 m + q2 m^2 at or after mu (the quadratic is > 0 before the crossing)
+        disc_sq = q1 * q1 - q0 * q2
+        disc = disc_sq.clamp_min(0.0).sqrt()
+        roots = torch.stack(((-q1 - disc) / q2, (-q1 + disc) / q2))
+        roots = torch.where(torch.isfinite(roots) & (roots >= mu) & (disc_sq >= 0), roots, torch.full_like(roots, float("inf")))
+        linear_root = torch.where(q1 < 0, -q0 / (2 * q1), torch.full_like(q1, float("inf")))  # q2 == 0
+        root = torch.where(q2 == 0, linear_root, roots.min())
+        leave = torch.where(support & (delta < 0), -w0 / torch.where(delta < 0, delta, -1.0), inf)
+        enter = torch.where(~support & (h1 < 0), -h0 / torch.where(h1 < 0, h1, -1.0), inf)
+        # a breakpoint behind mu is a weight already below 0 or a multiplier below 0 (a twin of the variable that
+        # just changed, by rounding): it changes now; the variable that just changed does not change back here
+        breaks = torch.where(index == last, inf, torch.minimum(leave, enter).clamp_min(mu))
+        step_end = breaks.min()
+        found = ~done & (root <= step_end)
+        result = torch.where(found, w0 + root * delta, result)
+        done = done | found
+        which = breaks.argmin()
+        move = ~done & torch.isfinite(step_end)
+        support = torch.where(move & (index == which), ~support, support)
+        last = torch.where(move, which, last)
+        mu = torch.where(move, step_end, mu)
+    return result.clamp_min(0.0) / result.clamp_min(0.0).sum()
+
+
+def _choose_cagrad(G, b, radius, noise, W):
+    """The candidate with the smallest CAGrad objective, with the min-norm point (the kink) first among them."""
     W = torch.cat((min_norm_simplex(G)[None], W))
     quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
@@ -108,6 +325,8 @@ def nonneg_qp(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     KKT on the free set F: ``(Q mu)_F = b_F``, ``mu = 0`` off F; candidates clamped to ``mu >= 0``.
     """
     K = Q.shape[-1]
+    if K > ENUMERATION_MAX_K:
+        return nonneg_qp_primal(Q, -b)
     free = subsets(K, Q.device)
     M = torch.where(free[:, :, None], Q[None], eye(K, Q.dtype, Q.device)[None])
     rhs = torch.where(free, b[None], torch.zeros((), dtype=Q.dtype, device=Q.device))[:, :, None]

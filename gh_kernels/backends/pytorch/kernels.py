@@ -170,17 +170,33 @@ def _gram(layout: _Layout) -> torch.Tensor:
     pairs = [(i, j) for i in range(K) for j in range(i, K)]
     scalars: List[List[torch.Tensor]] = [[] for _ in pairs]
     rows: List[List[torch.Tensor]] = [[] for _ in pairs]
+    blocks: List[torch.Tensor] = []  # NOTE: [Gram blocks above 8 sets]: (rows, K, K) products
     for b in range(len(layout.batches)):  # NOTE: [Small tensors in rows]
+        if K > BLOCK_GRAM_ABOVE and len(layout.batches[b][1]) == K:
+            blocks += _gram_blocks(layout.flats(b))
+            continue
         flats = [None if f is None else _split(f) for f in layout.flats(b)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
     for p in layout.large:
+        if K > BLOCK_GRAM_ABOVE and all(tensors[k * P + p] is not None for k in range(K)):
+            blocks += _gram_blocks([tensors[k * P + p].reshape(-1) for k in range(K)])
+            continue
         flats = [None if tensors[k * P + p] is None else _split(tensors[k * P + p].reshape(-1)) for k in range(K)]
         for q, (i, j) in enumerate(pairs):
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
     dtype = torch.float64 if torch.float64 in layout.dtypes else torch.float32  # the sets share each parameter's dtype
+    if blocks:
+        upper = _upper_pairs(K, device)
+        block_sums = _fixed_order_sum_rows(torch.cat(blocks).view(-1, K * K).T.double())[upper]
+        if any(scalars) or any(rows):
+            zero = torch.zeros((), dtype=torch.float64, device=device)
+            pair_sums = torch.stack([_fixed_order_sum(torch.cat([v.double() for v in rw + ([torch.stack(sc)] if sc else [])]))
+                                     if (rw or sc) else zero for sc, rw in zip(scalars, rows)])
+            block_sums = pair_sums + block_sums
+        return block_sums.to(dtype)[_pair_index(K, device)].view(K, K)
     if not any(rows) and all(len(sc) == 1 for sc in scalars):  # one small batch: a dot per pair
         return torch.stack([sc[0] for sc in scalars]).to(dtype)[_pair_index(K, device)].view(K, K)
     pieces = [rw + ([torch.stack(sc)] if sc else []) for sc, rw in zip(scalars, rows)]
@@ -191,6 +207,40 @@ def _gram(layout: _Layout) -> torch.Tensor:
         zero = torch.zeros((), dtype=torch.float64, device=device)
         sums = torch.stack([_fixed_order_sum(torch.cat([v.double() for v in x])) if x else zero for x in pieces])
     return sums.to(dtype)[_pair_index(K, device)].view(K, K)
+
+
+#: NOTE: [Gram blocks above 8 sets]: above this many sets the products of every pair are formed by one batched
+#: matmul per chunk of rows, reading each set once per chunk, instead of K(K+1)/2 ``vecdot`` calls that each read
+#: two sets (820 calls at K = 40, each over the whole list). The rows are BLOCK elements (a zero-padded last
+#: row), so each (K x BLOCK) x (BLOCK x K) product is one small matmul that ``bmm`` computes on one thread (it
+#: splits the batch, not a product): the (rows, K, K) results are then summed in float64 in a fixed order, as the
+#: pairs' rows are. Bitwise the same on 1, 2 and 3 threads (tests/test_torch_backend.py).
+BLOCK_GRAM_ABOVE = 8
+BLOCK_GRAM_ELEMENTS = 1 << 23  # rows x K x BLOCK per matmul call: 32 MB of float32
+
+
+def _gram_blocks(flats: List[torch.Tensor]) -> List[torch.Tensor]:
+    """K flat vectors of one length as (rows, K, K) float32 (float64 for float64) products of BLOCK-element rows."""
+    K, n = len(flats), flats[0].numel()
+    acc = _acc(flats[0].dtype)
+    rows = -(-n // BLOCK)
+    per_call = max(1, BLOCK_GRAM_ELEMENTS // (K * BLOCK))
+    out = []
+    for r in range(0, rows, per_call):
+        lo, hi = r * BLOCK, min(n, (r + per_call) * BLOCK)
+        count = -(-(hi - lo) // BLOCK)
+        X = torch.zeros((K, count * BLOCK), dtype=acc, device=flats[0].device)
+        for k, f in enumerate(flats):  # (one copy per set; 16-bit gradients upcast here)
+            X[k, :hi - lo] = f[lo:hi]
+        X = X.view(K, count, BLOCK).transpose(0, 1)  # (rows, K, BLOCK)
+        out.append(torch.bmm(X, X.transpose(1, 2)))
+    return out
+
+
+def _upper_pairs(K: int, device: torch.device) -> torch.Tensor:
+    """Flat indices i * K + j of the pairs i <= j in gram's pair order (NOTE: [Device constants])."""
+    return constant(("gram upper pairs", K, str(device)),
+                    lambda: torch.tensor([i * K + j for i in range(K) for j in range(i, K)], device=device))
 
 
 def _fixed_order_sum_rows(m: torch.Tensor) -> torch.Tensor:
