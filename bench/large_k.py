@@ -5,7 +5,8 @@ same run, interleaved, with paired ratios (bench/timing.py).
   lists in, combined gradient out: ``gh_kernels.aggregate(grads, method, out=out)`` against torchjd's aggregator
   on the stacked K x N Jacobian (its own input format), the result copied into ``out``. Also the Gram pass alone
   against the time to read the K sets once (``sum`` of each set: the bytes over the measured read bandwidth).
-* **training step, CelebA-shaped**: 40 task losses (one linear head each) on an 11M-parameter MLP trunk:
+* **training step, CelebA-shaped**: 40 task losses (one linear head each) on a 12M-parameter MLP trunk (ResNet-18's
+  size; convolutions would only change the backward passes, which both sides run):
   ``MultiTaskHarmonizer.backward`` (40 backward passes, Gram, solve, combine) against torchjd's ``mtl_backward``
   and its autogram ``Engine`` (the Gramian of the losses by one extra backward, then one weighted backward).
 * **training step, instance-wise**: one loss per sample (K = 32, 64) of a small CNN: ours against torchjd's
@@ -90,38 +91,43 @@ class _Trunk(torch.nn.Module):
 def celeba_step_rows(K, min_time, device, quick):
     import torchjd.aggregation as A
     from torchjd.autogram import Engine
-    from torchjd.autojac import mtl_backward
-    width, depth = (256, 2) if quick else (1920, 3)  # 3 x 1920^2 + ...: 11.2M trunk parameters
+    from torchjd.autojac import jac_to_grad, mtl_backward
+    width, depth = (256, 2) if quick else (1920, 4)  # 512 x 1920 + 3 x 1920^2: 12.0M trunk parameters (ResNet-18: 11.2M)
     torch.manual_seed(0)
     trunk = _Trunk(512, width, depth).to(device)
-    heads = torch.nn.Linear(width, K).to(device)  # one output per task
+    heads = torch.nn.ModuleList([torch.nn.Linear(width, 1) for _ in range(K)]).to(device)  # one head per task
     x = torch.randn(32, 512, device=device)
     y = torch.randn(32, K, device=device)
     params = list(trunk.parameters()) + list(heads.parameters())
     n_trunk = sum(p.numel() for p in trunk.parameters())
     h = gh_kernels.MultiTaskHarmonizer(params, method="upgrad", shared=list(trunk.parameters()))
-    engine = Engine(trunk, heads, batch_dim=None)
+    # the autogram engine hooks its modules' forward passes: it gets copies of its own (the same weights)
+    import copy
+    trunk_ag, heads_ag = copy.deepcopy(trunk), copy.deepcopy(heads)
+    params_ag = list(trunk_ag.parameters()) + list(heads_ag.parameters())
+    engine = Engine(trunk_ag, heads_ag, batch_dim=None)
     weighting = A.UPGradWeighting()
 
-    def losses(features=None):
-        f = trunk(x) if features is None else features
-        return ((heads(f) - y) ** 2).mean(0), f
+    def losses(trunk=trunk, heads=heads):
+        f = trunk(x)
+        return [((head(f)[:, 0] - y[:, k]) ** 2).mean() for k, head in enumerate(heads)], f
 
     def ours():
         for p in params:
             p.grad = None
-        h.backward(list(losses()[0]))
+        h.backward(losses()[0])
 
     def torchjd_mtl():
         for p in params:
             p.grad = None
         ls, f = losses()
-        mtl_backward(list(ls), features=f, aggregator=A.UPGrad())
+        mtl_backward(ls, features=f)  # .jac of the trunk's parameters, .grad of the heads'
+        jac_to_grad(list(trunk.parameters()), A.UPGrad())
 
     def torchjd_autogram():
-        for p in params:
+        for p in params_ag:
             p.grad = None
-        ls, _ = losses()
+        ls = torch.stack(losses(trunk_ag, heads_ag)[0])
         G = engine.compute_gramian(ls)
         ls.backward(weighting(G))
     fns = {"gh_kernels": ours, "torchjd mtl_backward": torchjd_mtl, "torchjd autogram": torchjd_autogram}
@@ -148,7 +154,10 @@ def instance_rows(Ks, min_time, device):
         crit = torch.nn.CrossEntropyLoss(reduction="none")
         params = list(model.parameters())
         h = gh_kernels.MultiTaskHarmonizer(params, method="upgrad")
-        engine = Engine(model, batch_dim=0)
+        import copy
+        model_ag = copy.deepcopy(model)  # the engine hooks its module's forward passes
+        params_ag = list(model_ag.parameters())
+        engine = Engine(model_ag, batch_dim=0)
         weighting = A.UPGradWeighting()
 
         def ours():
@@ -157,9 +166,9 @@ def instance_rows(Ks, min_time, device):
             h.backward(list(crit(model(x), y)))
 
         def autogram():
-            for p in params:
+            for p in params_ag:
                 p.grad = None
-            ls = crit(model(x), y)
+            ls = crit(model_ag(x), y)
             ls.backward(weighting(engine.compute_gramian(ls)))
         samples = timing.interleaved({"gh_kernels": ours, "torchjd autogram": autogram}, device, min_time, min_rounds=5,
                                      sample_s=0.0)

@@ -201,8 +201,8 @@ def test_active_set_converges_in_half_its_steps(gen, monkeypatch):
     """Stress profile of NOTE: [Primal active set above 8 tasks]: with half the steps, 600 problems at K = 9..64
     (random, rank-deficient, duplicated rows, 0 in the hull, fewer dimensions than tasks; UPGrad's rows, MGDA's
     nonnegative form and DualProj's) still equal quadprog's solutions to 1e-8."""
-    full = solvers.ACTIVE_SET_STEPS
-    monkeypatch.setattr(solvers, "ACTIVE_SET_STEPS", lambda K: full(K) // 2)
+    full = solvers.active_set_steps
+    monkeypatch.setattr(solvers, "active_set_steps", lambda K: full(K) // 2)
     for trial in range(600):
         K = int(torch.randint(9, 65, (), generator=gen))
         N = 2 * K + 8

@@ -10,16 +10,22 @@ from helpers import EPS, make_set
 
 
 # ---------------------------------------------------------------- D9: torch backend Gram, thread-count independent
-def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
-    sets = [make_set([100_003, 4096 * 3, 5, (70, 1000)], torch.float32, gen) for _ in range(3)]
+def gram_on_threads(sets, counts=(1, 2, 3)):
+    """The torch backend's Gram of ``sets`` computed on each thread count."""
     threads = torch.get_num_threads()
     try:
         results = []
-        for n in (1, 2, 3):
+        for n in counts:
             torch.set_num_threads(n)
             results.append(gh_kernels.gram(sets, backend="torch"))
     finally:
         torch.set_num_threads(threads)
+    return results
+
+
+def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
+    sets = [make_set([100_003, 4096 * 3, 5, (70, 1000)], torch.float32, gen) for _ in range(3)]
+    results = gram_on_threads(sets)
     assert all(torch.equal(r, results[0]) for r in results)
 
 
@@ -99,14 +105,7 @@ def test_gram_blocks_above_8_sets(dtype, gen):
     sizes = [5, (3, 7), 100_003, 4096 * 3, tb.BLOCK_GRAM_ELEMENTS // (13 * tb.BLOCK) * tb.BLOCK + 17]
     sets = [make_set(sizes, dtype, gen) for _ in range(13)]
     sets[4][1] = None
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(gh_kernels.gram(sets, backend="torch"))
-    finally:
-        torch.set_num_threads(threads)
+    results = gram_on_threads(sets)
     assert all(torch.equal(r, results[0]) for r in results) and torch.equal(results[0], results[0].T)
     ref = gram_reference(sets)
     # rounding of BLOCK-element float32 (float64) rows: a few hundred ulps of the largest squared norm at most

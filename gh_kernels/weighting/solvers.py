@@ -22,8 +22,6 @@ positive definite (regularized) Gram matrix, so the right active set's system is
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .linalg import argmin_candidates, constant, eye, solve_batch, subsets
@@ -31,11 +29,11 @@ from .linalg import argmin_candidates, constant, eye, solve_batch, subsets
 #: Up to this K the solvers enumerate the 2^K active sets (256 systems); above it they iterate.
 ENUMERATION_MAX_K = 8
 #: NOTE: [Primal active set above 8 tasks]: the FISTA steps that give the first active set and point, and the
-#: active-set steps (measured: see tests/test_multitask_large_k.py's stress profile).
+#: active-set steps (active_set_steps; measured: see tests/test_multitask_large_k.py's stress profile).
 FISTA_ITERATIONS = 300
 
 
-def ACTIVE_SET_STEPS(K: int) -> int:  # noqa: N802 (a constant of K)
+def active_set_steps(K: int) -> int:
     """Measured at most 0.92 K steps after the FISTA start (1.75 K from 0) over 350 matrices at K = 9..64, UPGrad's
     K rows and DualProj's, regularized and not; twice that, plus a margin for small K."""
     return 2 * K + 16
@@ -58,8 +56,7 @@ def _fista_momenta(n: int):
     return constant(("fista momenta", n), build)
 
 
-def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, steps: Optional[int] = None, warm: bool = True,
-                   ridge: float = 0.0) -> torch.Tensor:
+def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """``argmin_{z >= 0} z^T Q z / 2 + c^T z`` for every row c of ``C`` (B, K); Q symmetric positive semidefinite.
 
     NOTE: [Primal active set above 8 tasks]: the primal active-set method (Lawson and Hanson's NNLS steps; the same
@@ -67,10 +64,10 @@ def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, steps: Optional[int] = None
     feasible and the objective falls at every step, so it cannot cycle whatever the conditioning. A step solves
     ``(Q x)_F = -c_F`` (``x = 0`` off F): when x > 0 on F it is taken and the variable with the most negative
     gradient ``(Q z + c)_i`` joins F (beyond rounding), else z moves toward x until a variable reaches 0 and
-    leaves. ``warm``: F and z start from ``FISTA_ITERATIONS`` accelerated projected-gradient steps (feasible), so
+    leaves. F and z start from ``FISTA_ITERATIONS`` accelerated projected-gradient steps (feasible), so
     the steps only correct their active set. Converged rows stop moving (a mask): a fixed amount of work, no host
     sync. Measured steps (tests/test_multitask_large_k.py's stress profile, which passes with half of them): see
-    ACTIVE_SET_STEPS. ``ridge``: a singular Q (UPGrad with ``reg_eps=0`` on a rank-deficient Gram) gets
+    active_set_steps. ``ridge``: a singular Q (UPGrad with ``reg_eps=0`` on a rank-deficient Gram) gets
     ``ridge * trace(Q)`` on its diagonal, which makes every system nonsingular (PCD passes its own regularization,
     whose effect it measures: no ridge there). Block principal pivoting (Judice and Pires; Kim and Park) needed fewer
     steps where it converged, but did not converge within 32 steps on rank-deficient Grams at K = 40 (UPGrad
@@ -82,18 +79,17 @@ def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, steps: Optional[int] = None
     if ridge:
         Q = Q + (ridge * Q.diagonal().sum()) * identity
     z = torch.zeros_like(C)
-    if warm:  # FISTA from 0 with step 1 / trace(Q) (trace >= the largest eigenvalue)
-        step = 1.0 / Q.diagonal().sum().clamp_min(torch.finfo(dt).tiny)
-        y = z
-        for momentum in _fista_momenta(FISTA_ITERATIONS):
-            z_next = (y - (y @ Q + C) * step).clamp_min(0.0)
-            y = z_next + momentum * (z_next - z)
-            z = z_next
+    step = 1.0 / Q.diagonal().sum().clamp_min(torch.finfo(dt).tiny)  # FISTA: 1 / trace >= 1 / largest eigenvalue
+    y = z
+    for momentum in _fista_momenta(FISTA_ITERATIONS):
+        z_next = (y - (y @ Q + C) * step).clamp_min(0.0)
+        y = z_next + momentum * (z_next - z)
+        z = z_next
     free = z > 0
     done = torch.zeros((B,), dtype=torch.bool, device=dev)
     inf = torch.full((B, K), float("inf"), dtype=dt, device=dev)
     level = 64 * torch.finfo(dt).eps
-    for _ in range(ACTIVE_SET_STEPS(K) if steps is None else steps):
+    for _ in range(active_set_steps(K)):
         M = torch.where(free[:, :, None] & free[:, None, :], Q[None], identity[None])
         x = solve_batch(M, torch.where(free, -C, 0.0)[:, :, None])[:, :, 0]
         major = ~(free & (x <= 0)).any(1) & torch.isfinite(x).all(1)
@@ -223,7 +219,8 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
     if K > ENUMERATION_MAX_K:
-        return _choose_cagrad(G, b, radius, noise, _cagrad_homotopy(G, b, radius)[None])
+        w_m = min_norm_simplex(G)
+        return _choose_cagrad(G, b, radius, noise, _cagrad_homotopy(G, b, radius, w_m)[None], w_m)
     support = subsets(K, dev)[1:]
     M = torch.where(support[:, :, None], G[None], eye(K, dt, dev)[None])
     ones = torch.ones(K, dtype=dt, device=dev)
@@ -250,7 +247,7 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     return _choose_cagrad(G, b, radius, noise, W)
 
 
-def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, w_m: torch.Tensor) -> torch.Tensor:
     """NOTE: [CAGrad's homotopy]: CAGrad's simplex problem for K > ENUMERATION_MAX_K, exactly, by following a path.
 
     The optimum w* is also the solution of the simplex QP ``min b^T w + w^T G w / (2 mu)`` at ``mu* = s(w*) / radius``
@@ -268,8 +265,7 @@ def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> 
     index = constant(("arange", K, str(dev)), lambda: torch.arange(K, device=dev))
     identity = eye(K, dt, dev)
     inf = torch.full((K,), float("inf"), dtype=dt, device=dev)
-    w_m = min_norm_simplex(G)
-    support = w_m > 0
+    support = w_m > 0  # w_m: the min-norm point (mu = 0)
     mu = torch.zeros((), dtype=dt, device=dev)
     result, done = w_m, torch.zeros((), dtype=torch.bool, device=dev)
     last = torch.full((), -1, device=dev)  # the variable that changed at this mu: not a breakpoint again here
@@ -307,9 +303,9 @@ def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor) -> 
     return result.clamp_min(0.0) / result.clamp_min(0.0).sum()
 
 
-def _choose_cagrad(G, b, radius, noise, W):
-    """The candidate with the smallest CAGrad objective, with the min-norm point (the kink) first among them."""
-    W = torch.cat((min_norm_simplex(G)[None], W))
+def _choose_cagrad(G, b, radius, noise, W, w_m=None):
+    """The candidate with the smallest CAGrad objective, with the min-norm point ``w_m`` (the kink) first among them."""
+    W = torch.cat(((min_norm_simplex(G) if w_m is None else w_m)[None], W))
     quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
     best = torch.where(torch.isnan(objective), torch.full_like(objective, float("inf")), objective).min()
