@@ -28,8 +28,8 @@ from .linalg import argmin_candidates, constant, eye, solve_batch, subsets
 
 #: Up to this K the solvers enumerate the 2^K active sets (256 systems); above it they iterate.
 ENUMERATION_MAX_K = 8
-#: NOTE: [Primal active set above 8 tasks]: the FISTA steps that give the first active set and point, and the
-#: active-set steps (active_set_steps; measured: see tests/test_multitask_large_k.py's stress profile).
+#: The FISTA steps that give the first active set and point (see NOTE: [Primal active set above 8 tasks]); the
+#: active-set steps are active_set_steps(K) (measured: tests/test_multitask_large_k.py's stress profile).
 FISTA_ITERATIONS = 300
 
 
@@ -39,7 +39,7 @@ def active_set_steps(K: int) -> int:
     return 2 * K + 16
 
 
-#: Relative ridge of an active-set solve (nonneg_qp_rows): below float64 rounding of the default regularization.
+#: Relative ridge of UPGrad's and DualProj's active-set solves (times trace(G)): 1e-9 of the default reg_eps = 1e-4.
 RIDGE = 1e-13
 
 
