@@ -102,3 +102,17 @@ def test_a_rerun_never_overwrites_results(tmp_path, monkeypatch):
     open(os.path.join(first, "summary.md"), "w").write("kept")
     second = run.results_folder(None, "cpu-2core-today", force=False)
     assert second == first + "-2" and open(os.path.join(first, "summary.md")).read() == "kept"
+
+
+@pytest.mark.slow  # issue #28's rows end to end, quick profile (about a minute): run with --run-slow
+def test_large_k_bench_quick(tmp_path):
+    import json
+
+    from bench import large_k
+    out = tmp_path / "large_k"
+    large_k.main(["--quick", "--device", "cpu", "--out", str(out)])
+    rows = json.loads((out / "large_k.json").read_text())
+    kinds = {r["row"] for r in rows}
+    assert kinds == {"aggregate", "gram pass", "training step, CelebA-shaped", "training step, instance-wise", "solve"}
+    assert all(r["gh_ms"] > 0 for r in rows)
+    assert "torchjd" in (out / "summary.md").read_text()
