@@ -111,11 +111,6 @@ def nonneg_qp_rows(Q: torch.Tensor, C: torch.Tensor, ridge: float = 0.0) -> torc
     return z
 
 
-def nonneg_qp_primal(Q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """:func:`nonneg_qp_rows` for one problem."""
-    return nonneg_qp_rows(Q, c[None])[0]
-
-
 def dual_cone_weights(G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """For each row u of ``U`` (B, K): ``argmin_v v^T G v`` subject to ``v >= u`` (elementwise).
 
@@ -322,7 +317,7 @@ def nonneg_qp(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     K = Q.shape[-1]
     if K > ENUMERATION_MAX_K:
-        return nonneg_qp_primal(Q, -b)
+        return nonneg_qp_rows(Q, -b[None])[0]
     free = subsets(K, Q.device)
     M = torch.where(free[:, :, None], Q[None], eye(K, Q.dtype, Q.device)[None])
     rhs = torch.where(free, b[None], torch.zeros((), dtype=Q.dtype, device=Q.device))[:, :, None]

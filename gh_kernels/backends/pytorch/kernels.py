@@ -188,25 +188,23 @@ def _gram(layout: _Layout) -> torch.Tensor:
             if flats[i] is not None and flats[j] is not None:
                 _dot_pieces(flats[i], flats[j], scalars[q], rows[q])
     dtype = torch.float64 if torch.float64 in layout.dtypes else torch.float32  # the sets share each parameter's dtype
-    if blocks:
-        upper = _upper_pairs(K, device)
-        block_sums = _fixed_order_sum_rows(torch.cat(blocks).view(-1, K * K).T.double())[upper]
-        if any(scalars) or any(rows):
-            zero = torch.zeros((), dtype=torch.float64, device=device)
-            pair_sums = torch.stack([_fixed_order_sum(torch.cat([v.double() for v in rw + ([torch.stack(sc)] if sc else [])]))
-                                     if (rw or sc) else zero for sc, rw in zip(scalars, rows)])
-            block_sums = pair_sums + block_sums
-        return block_sums.to(dtype)[_pair_index(K, device)].view(K, K)
-    if not any(rows) and all(len(sc) == 1 for sc in scalars):  # one small batch: a dot per pair
+    if not blocks and not any(rows) and all(len(sc) == 1 for sc in scalars):  # one small batch: a dot per pair
         return torch.stack([sc[0] for sc in scalars]).to(dtype)[_pair_index(K, device)].view(K, K)
+    sums = _pair_sums(scalars, rows, device) if any(scalars) or any(rows) or not blocks else None  # (nothing: zeros)
+    if blocks:  # NOTE: [Gram blocks above 8 sets], added after the pairs' own sums
+        block_sums = _fixed_order_sum_rows(torch.cat(blocks).view(-1, K * K).T.double())[_upper_pairs(K, device)]
+        sums = block_sums if sums is None else sums + block_sums
+    return sums.to(dtype)[_pair_index(K, device)].view(K, K)
+
+
+def _pair_sums(scalars, rows, device) -> torch.Tensor:
+    """Each pair's pieces (rows of products and scalar dots) summed in float64 in a fixed order."""
     pieces = [rw + ([torch.stack(sc)] if sc else []) for sc, rw in zip(scalars, rows)]
     if all(len(x) == len(pieces[0]) and all(a.shape == b.shape for a, b in zip(x, pieces[0])) for x in pieces) and pieces[0]:
         # every pair has the same pieces (no absent sets): one batched fixed-order sum for all pairs
-        sums = _fixed_order_sum_rows(torch.stack([torch.cat(x) for x in pieces]).double())
-    else:
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        sums = torch.stack([_fixed_order_sum(torch.cat([v.double() for v in x])) if x else zero for x in pieces])
-    return sums.to(dtype)[_pair_index(K, device)].view(K, K)
+        return _fixed_order_sum_rows(torch.stack([torch.cat(x) for x in pieces]).double())
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([_fixed_order_sum(torch.cat([v.double() for v in x])) if x else zero for x in pieces])
 
 
 #: NOTE: [Gram blocks above 8 sets]: above this many sets the products of every pair are formed by one batched
