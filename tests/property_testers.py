@@ -38,10 +38,12 @@ def expected_structure(update, J):
     assert d.shape == (J.shape[1],) and torch.isfinite(d).all()
 
 
-def non_conflicting(update, J):
-    """<g_i, d> >= 0 for every row: the update conflicts with no task."""
+def non_conflicting(update, J, relative=None):
+    """<g_i, d> >= 0 for every row: the update conflicts with no task (to ``tol(J)``, or ``relative`` of the largest
+    |g|^2 where a method's own regularization moves the update further)."""
     d = update(J).double()
-    assert float((J.double() @ d).min()) >= -tol(J) * _scale(J), float((J.double() @ d).min())
+    slack = tol(J) * _scale(J) if relative is None else relative * _scale(J) ** 2
+    assert float((J.double() @ d).min()) >= -slack, float((J.double() @ d).min())
 
 
 def permutation_invariant(update, J, gen):

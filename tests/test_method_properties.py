@@ -77,10 +77,11 @@ METHODS = {
 
 
 #: Above 12 tasks, on rank-deficient matrices (rank K / 2, 0 in the hull of the rows most often), a measured limit:
-#: CAGrad with c = 1: the exact update is 0 there, and float64 rounding of w, amplified by radius / ||J^T w||, gives
-#: conflicts of ~1e-5 of |g|^2 on 3% of the matrices, as much with the enumeration (11 of 300 at K = 10) as with
-#: the path (9 of 300 at K = 13): a precision limit of the method on these matrices, not of the solver.
-LARGE_K_LIMITS = ("cagrad c=1",)
+#: CAGrad with c = 1 on rank-deficient matrices: the exact update is 0 or conflicts with nothing, and the
+#: 1e-10 regularization of the trace-normalized Gram (rules.MIN_NORM_REG), amplified by radius / ||J^T w||, moves
+#: it by up to 7e-5 of |g|^2 in float64 (measured over 1,100 matrices at K = 5..64; 1e-8 with a 1e-14
+#: regularization): checked to 1e-3 of |g|^2, the float32 tolerance, in both dtypes.
+REGULARIZED_CONFLICT = {"cagrad c=1": 1e-3}
 
 
 def _method(label):
@@ -101,8 +102,6 @@ def test_properties(label, kind, dtype, gen, request):
     for K in KS + large:
         if (name == "krum" or label == "trimmed-mean trim=1") and K < 3:
             continue
-        if K > max(KS) and kind == "rank_deficient" and label in LARGE_K_LIMITS:
-            continue
         for _ in range(3 if K in KS else 1):
             J = P.sample(kind, K, gen, dtype)
             P.expected_structure(update, J)
@@ -110,7 +109,7 @@ def test_properties(label, kind, dtype, gen, request):
                 # UPGrad/DualProj without regularization on a singular float32 Gram: torchjd cannot run them
                 # (quadprog refuses a singular matrix), ours conflict by up to ~1e-3 of |g|^2 there; with the
                 # default regularization both libraries give the same (regularized) update
-                P.non_conflicting(update, J)
+                P.non_conflicting(update, J, REGULARIZED_CONFLICT.get(label) if kind == "rank_deficient" else None)
             if "non_conflicting_full_rank" in holds and kind == "full_rank":
                 P.non_conflicting(update, J)
             if "permutation_full_rank" in holds and kind == "full_rank":

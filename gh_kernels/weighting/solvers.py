@@ -214,8 +214,13 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     K = G.shape[-1]
     dt, dev = G.dtype, G.device
     if K > ENUMERATION_MAX_K:
-        w_m = min_norm_simplex(G)
-        return _choose_cagrad(G, b, radius, noise, _cagrad_homotopy(G, b, radius, w_m)[None], w_m)
+        # the path on G + noise I / 10: rounding leaves a rank-deficient float32 G indefinite (eigenvalues to -2e-9
+        # of the trace at K = 11, noise 1.3e-6), and the path's solves on such a G stalled at the kink; the candidates
+        # are weighed on G itself. (noise I itself moved c = 1 updates by 1e-3 of |g|^2 at K = 12..20; noise / 10 and
+        # noise / 100 by nothing measurable)
+        path_G = G + 0.1 * noise * eye(K, dt, dev)
+        w_m = min_norm_simplex(path_G)
+        return _choose_cagrad(G, b, radius, noise, _cagrad_homotopy(path_G, b, radius, w_m, noise)[None], w_m)
     support = subsets(K, dev)[1:]
     M = torch.where(support[:, :, None], G[None], eye(K, dt, dev)[None])
     ones = torch.ones(K, dtype=dt, device=dev)
@@ -234,15 +239,13 @@ def cagrad_simplex(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, noise
     # stationary point of any support, so the min-norm point of the simplex joins the candidates; where
     # its norm is 0 its objective is b^T w = 0, the optimum, and elsewhere it loses to a smooth candidate.
     # ``noise``: the rounding level of w^T G w (the Gram matrix's own dtype). When the min-norm point's
-    # w^T G w is within it (a kink, up to rounding), every candidate near the kink has an objective known
-    # only to radius * sqrt(noise), and such a candidate's J^T w is rounding debris that the weights
-    # would amplify to full length: the kink wins every tie within that. (Subtracting the noise from every
-    # candidate's w^T G w instead undercounted the penalty of candidates just above it, which then won on
-    # rank-deficient float32 Grams, with conflicting updates.)
+    # w^T G w is within it (a kink, up to rounding), it wins the ties _choose_cagrad defines. (Subtracting the
+    # noise from every candidate's w^T G w instead undercounted the penalty of candidates just above it,
+    # which then won on rank-deficient float32 Grams, with conflicting updates.)
     return _choose_cagrad(G, b, radius, noise, W)
 
 
-def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, w_m: torch.Tensor) -> torch.Tensor:
+def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, w_m: torch.Tensor, noise: float) -> torch.Tensor:
     """NOTE: [CAGrad's homotopy]: CAGrad's simplex problem for K > ENUMERATION_MAX_K, exactly, by following a path.
 
     The optimum w* is also the solution of the simplex QP ``min b^T w + w^T G w / (2 mu)`` at ``mu* = s(w*) / radius``
@@ -278,8 +281,13 @@ def _cagrad_homotopy(G: torch.Tensor, b: torch.Tensor, radius: torch.Tensor, w_m
         disc_sq = q1 * q1 - q0 * q2
         disc = disc_sq.clamp_min(0.0).sqrt()
         roots = torch.stack(((-q1 - disc) / q2, (-q1 + disc) / q2))
-        roots = torch.where(torch.isfinite(roots) & (roots >= mu) & (disc_sq >= 0), roots, torch.full_like(roots, float("inf")))
-        linear_root = torch.where(q1 < 0, -q0 / (2 * q1), torch.full_like(q1, float("inf")))  # q2 == 0
+        # a root where s = radius * m is within the rounding of w^T G w is no crossing: 0 in the hull (up to
+        # rounding) makes s(w(0)) ~ 0 and the rounding a spurious root next to the kink, which _choose_cagrad
+        # weighs as its own candidate (w_m); the optimum away from it is a later root
+        real = torch.isfinite(roots) & (roots >= mu) & (disc_sq >= 0) & ((radius * roots) ** 2 > noise)
+        roots = torch.where(real, roots, torch.full_like(roots, float("inf")))
+        linear_root = -q0 / (2 * q1)  # q2 == 0
+        linear_root = torch.where((q1 < 0) & ((radius * linear_root) ** 2 > noise), linear_root, torch.full_like(q1, float("inf")))
         root = torch.where(q2 == 0, linear_root, roots.min())
         leave = torch.where(support & (delta < 0), -w0 / torch.where(delta < 0, delta, -1.0), inf)
         enter = torch.where(~support & (h1 < 0), -h0 / torch.where(h1 < 0, h1, -1.0), inf)
@@ -303,9 +311,15 @@ def _choose_cagrad(G, b, radius, noise, W, w_m=None):
     W = torch.cat(((min_norm_simplex(G) if w_m is None else w_m)[None], W))
     quad = torch.einsum("si,ij,sj->s", W, G, W).clamp_min(0.0)
     objective = W @ b + radius * quad.sqrt()
-    best = torch.where(torch.isnan(objective), torch.full_like(objective, float("inf")), objective).min()
+    # A candidate's objective is known to about radius * |sqrt(quad +- noise) - sqrt(quad)| <= radius * noise /
+    # sqrt(max(quad, noise)); the kink wins a tie within that: wide for a candidate near the kink (its J^T w is
+    # rounding debris that the weights would lift to full length), narrow for one far above the noise. (A fixed
+    # window radius * sqrt(noise) let the kink win against optima over 100 times the noise: with 0 in the hull
+    # of float32 gradients, a zero update where the exact one has length >= (1 - c) |g0|; class 14 of issue #29.)
+    margin = radius * noise / quad.clamp_min(noise).sqrt()
+    best = torch.where(torch.isnan(objective), torch.full_like(objective, float("inf")), objective + margin).min()
     first = torch.arange(W.shape[0], device=W.device) == 0
-    kink = (quad[0] <= noise) & (objective[0] <= best + radius * noise ** 0.5)
+    kink = (quad[0] <= noise) & (objective[0] <= best)
     objective = torch.where(first & kink, torch.full_like(objective, -float("inf")), objective)
     return argmin_candidates(W, objective)
 

@@ -45,6 +45,19 @@ def _finite_or_identity(G: torch.Tensor):
     return torch.where(finite, G64, eye(G.shape[0], torch.float64, G.device)), finite
 
 
+def _update_norm_bound(G64: torch.Tensor, w: torch.Tensor, gram_dtype: torch.dtype) -> torch.Tensor:
+    """An upper bound on the length of the update ``sum_k w_k g_k`` as written, from the Gram matrix: ``sqrt(w^T G w)``
+    plus the rounding of G (each entry to ``u`` of ``sqrt(G_ii G_jj)``) and of the combine (K terms summed in the
+    accumulation dtype), ``u = eps`` of G's dtype and ``S = sum_k |w_k| |g_k|``:
+    ``sqrt(w^T G w + u S^2) + K u S``. For a well-conditioned G it is sqrt(w^T G w) to ~u; on a rank-deficient
+    float32 G, whose w^T G w rounding takes to ~0 while huge weights cancel, it is the length the rounded update
+    can reach (a clip on sqrt(w^T G w) alone let updates of length 46 to 4e13 through a max_norm of 1: class 13 of
+    issue #29). torchjd clips on the update's own norm, which needs a pass over it."""
+    u = torch.finfo(gram_dtype if gram_dtype.is_floating_point else torch.float32).eps
+    S = w.abs() @ G64.diagonal().clamp_min(0.0).sqrt()
+    return ((w @ G64 @ w).clamp_min(0.0) + u * S * S).sqrt() + w.shape[0] * u * S
+
+
 State = Dict[str, Optional[torch.Tensor]]
 
 
@@ -302,7 +315,7 @@ class NashMTL(StatefulMethod):
         used = torch.where(resolve, alpha, old_alpha)
         weights = used
         if self.max_norm > 0:
-            norm = (used @ G64 @ used).clamp_min(0.0).sqrt()
+            norm = _update_norm_bound(G64, used, G.dtype)
             weights = torch.where(norm > self.max_norm, used / norm * self.max_norm, used)
         state = {"alpha": torch.where(finite, used, old_alpha), "solved": solved | finite, "step": step + finite.long()}
         return torch.where(finite, weights, torch.ones_like(weights)), state
