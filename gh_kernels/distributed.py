@@ -118,6 +118,13 @@ def fill_and_reduce(sets: List[List[Optional[torch.Tensor]]], wrapped, params, d
         all_reduce_mean_([t for g in sets for t in g if t is not None], group)
 
 
+def all_reduce_max_(t: torch.Tensor, group=None) -> torch.Tensor:
+    """The largest value over the ranks of a small tensor (the combine's non-finite flag), in place."""
+    dist = _dist()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t
+
+
 def all_reduce_sum_(t: torch.Tensor, group=None) -> torch.Tensor:
     """Sum a small tensor (the Gram partials) over the ranks, in place."""
     _dist().all_reduce(t, group=group)

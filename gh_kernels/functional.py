@@ -171,7 +171,7 @@ def aggregate(grads: Sequence[GradSet], method="upgrad", *, out: Optional[Sequen
     try:
         applied = weighting.combine_weights(w)
         combine_op = _dispatch.combine_sets if weighting.cross_batch else _dispatch.combine  # 2K sets: in blocks
-        out = _op_call(every, out, lambda: combine_op(applied, sets, device, out, False, backend), names)
+        out = _op_call(every, out, lambda: combine_op(applied, sets, device, out, False, backend, pending.nonfinite), names)
         if fake_kernel_ran(G, device):
             _name_refusal(every, out, names)
     except BaseException:

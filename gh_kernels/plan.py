@@ -120,9 +120,9 @@ class Plan:
             applied = self.weighting.combine_weights(scaled(w, scales))
             if cross:
                 dispatch.combine_sets(applied, [flat[k * P:(k + 1) * P] for k in range(self.num_sets)], self.device, out,
-                                      accumulate, self.backend)
+                                      accumulate, self.backend, pending.nonfinite)
             else:
-                self.combine_op(out, flat, self.num_sets, applied, accumulate)
+                self.combine_op(out, flat, self.num_sets, applied, accumulate, pending.nonfinite)
         except BaseException:
             pending.rollback()
             raise

@@ -1,8 +1,11 @@
 // CPU combine kernel: out = sum_k w[k] * x_k (+ out), one fused in-place pass, float32 math
 // (float64 for float64 gradients).
-// Each element is read before it is written, so out may be one of the inputs.
+// Each element is read before it is written, so out may be one of the inputs. With a `nonfinite` flag the
+// pass also reports whether it wrote a non-finite value (NOTE: [Non-finite flag of the combine]).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <cmath>
 
 #include "gh_cpu_common.h"
 #include "ops_cpu.h"
@@ -11,26 +14,33 @@ namespace gh {
 namespace cpu {
 namespace {
 
+// Returns whether a written value is non-finite (one compare per element, in registers: no extra pass).
 template <typename T, int M>
-void combine_segment(T* out, const T* const* x, const acc_t<T>* w, int64_t n, bool accumulate) {
+bool combine_segment(T* out, const T* const* x, const acc_t<T>* w, int64_t n, bool accumulate) {
   using A = acc_t<T>;
+  bool bad = false;
   if (accumulate) {
     for (int64_t i = 0; i < n; ++i) {
       A s = to_acc(out[i]);
       for (int k = 0; k < M; ++k) s += w[k] * to_acc(x[k][i]);
-      out[i] = static_cast<T>(s);
+      const T v = static_cast<T>(s);
+      out[i] = v;
+      bad |= !std::isfinite(to_acc(v));
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
       A s = 0;
       for (int k = 0; k < M; ++k) s += w[k] * to_acc(x[k][i]);
-      out[i] = static_cast<T>(s);
+      const T v = static_cast<T>(s);
+      out[i] = v;
+      bad |= !std::isfinite(to_acc(v));
     }
   }
+  return bad;
 }
 
 template <typename T>
-void combine_item(const FlatParam& fp, const Segment& s, int64_t K, const double* weights, bool accumulate) {
+bool combine_item(const FlatParam& fp, const Segment& s, int64_t K, const double* weights, bool accumulate) {
   const T* x[kMaxSets];
   acc_t<T> w[kMaxSets];
   int m = 0;
@@ -41,28 +51,31 @@ void combine_item(const FlatParam& fp, const Segment& s, int64_t K, const double
     }
   T* out = static_cast<T*>(fp.out) + s.start;
   switch (m) {
-    case 0: combine_segment<T, 0>(out, x, w, s.len, accumulate); break;
-    case 1: combine_segment<T, 1>(out, x, w, s.len, accumulate); break;
-    case 2: combine_segment<T, 2>(out, x, w, s.len, accumulate); break;
-    case 3: combine_segment<T, 3>(out, x, w, s.len, accumulate); break;
-    case 4: combine_segment<T, 4>(out, x, w, s.len, accumulate); break;
-    case 5: combine_segment<T, 5>(out, x, w, s.len, accumulate); break;
-    case 6: combine_segment<T, 6>(out, x, w, s.len, accumulate); break;
-    case 7: combine_segment<T, 7>(out, x, w, s.len, accumulate); break;
-    default: combine_segment<T, 8>(out, x, w, s.len, accumulate); break;
+    case 0: return combine_segment<T, 0>(out, x, w, s.len, accumulate);
+    case 1: return combine_segment<T, 1>(out, x, w, s.len, accumulate);
+    case 2: return combine_segment<T, 2>(out, x, w, s.len, accumulate);
+    case 3: return combine_segment<T, 3>(out, x, w, s.len, accumulate);
+    case 4: return combine_segment<T, 4>(out, x, w, s.len, accumulate);
+    case 5: return combine_segment<T, 5>(out, x, w, s.len, accumulate);
+    case 6: return combine_segment<T, 6>(out, x, w, s.len, accumulate);
+    case 7: return combine_segment<T, 7>(out, x, w, s.len, accumulate);
+    default: return combine_segment<T, 8>(out, x, w, s.len, accumulate);
   }
 }
 static_assert(kMaxSets == 8, "combine_item lists one case per supported number of present sets");
 
 }  // namespace
 
-void combine_params(std::vector<FlatParam>& params, int64_t K, const double* weights, bool accumulate) {
+void combine_params(std::vector<FlatParam>& params, int64_t K, const double* weights, bool accumulate, int32_t* nonfinite) {
   auto segs = make_segments(params);
   at::parallel_for(0, static_cast<int64_t>(segs.size()), 1, [&](int64_t begin, int64_t end) {
+    bool bad = false;
     for (int64_t i = begin; i < end; ++i) {
       const FlatParam& fp = params[segs[i].param];
-      dispatch_dtype(fp.dtype, [&](auto tag) { combine_item<decltype(tag)>(fp, segs[i], K, weights, accumulate); });
+      dispatch_dtype(fp.dtype, [&](auto tag) { bad |= combine_item<decltype(tag)>(fp, segs[i], K, weights, accumulate); });
     }
+    // every writer stores the same value: the result does not depend on the threads
+    if (bad && nonfinite != nullptr) __atomic_store_n(nonfinite, 1, __ATOMIC_RELAXED);
   });
   finish_out(params);
 }
@@ -75,11 +88,12 @@ std::vector<double> weights_on_host(const at::Tensor& weights, int64_t num_sets)
 }
 
 void combine_cpu(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
-                 const at::Tensor& weights, bool accumulate) {
+                 const at::Tensor& weights, bool accumulate, const std::optional<at::Tensor>& nonfinite) {
   const std::vector<double> w = weights_on_host(weights, num_sets);
+  int32_t* flag = nonfinite_flag(nonfinite, c10::DeviceType::CPU);
   auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CPU);
   check_out_aliasing(out, tensors, num_sets);
-  combine_params(params, num_sets, w.data(), accumulate);
+  combine_params(params, num_sets, w.data(), accumulate, flag);
   bump_versions(out);
 }
 

@@ -8,39 +8,45 @@ namespace gh {
 namespace cuda {
 namespace {
 
-template <int K, bool ACCUMULATE, typename A>
+// `bad`: whether a value this thread wrote is non-finite, as stored in T (NOTE: [Non-finite flag of the combine]
+// in gh_tensor_utils.h): one compare per element in registers, reported by one store per thread that saw one.
+template <typename T, int K, bool ACCUMULATE, typename A>
 struct CombineFunctor {
   static constexpr bool kReadsOut = ACCUMULATE;
   static constexpr bool kWritesOut = true;
   A w[K];
-  __device__ void operator()(const A (&x)[K], A& y) const {
+  bool bad = false;
+  __device__ void operator()(const A (&x)[K], A& y) {
 #pragma unroll
     for (int k = 0; k < K; ++k) y = fma(w[k], x[k], y);
+    bad |= !isfinite(Vec<T>::to_f(Vec<T>::from_f(y)));
   }
 };
 
 template <typename T, int K, bool ACCUMULATE>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const WorkItem* __restrict__ items, const double* __restrict__ weights) {
+__global__ void __launch_bounds__(kThreads) combine_kernel(const WorkItem* __restrict__ items, const double* __restrict__ weights,
+                                                           int* nonfinite) {
   using A = typename Vec<T>::Acc;
-  CombineFunctor<K, ACCUMULATE, A> f;
+  CombineFunctor<T, K, ACCUMULATE, A> f;
 #pragma unroll
   for (int k = 0; k < K; ++k) f.w[k] = static_cast<A>(weights[k]);  // float64 weights, used in the accumulation type
   for_each_element<T, K>(items[blockIdx.x], f);
+  if (f.bad && nonfinite != nullptr) *nonfinite = 1;  // every writer stores the same value
 }
 
 }  // namespace
 
 cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const double* weights,
-                           bool accumulate, cudaStream_t stream) {
+                           bool accumulate, int* nonfinite, cudaStream_t stream) {
   if (num_items <= 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(num_items)), block(kThreads);
   return dispatch_dtype_and_sets(dtype, num_sets, [&](auto type, auto sets) {
     using T = typename decltype(type)::type;
     constexpr int K = decltype(sets)::value;
     if (accumulate)
-      combine_kernel<T, K, true><<<grid, block, 0, stream>>>(items, weights);
+      combine_kernel<T, K, true><<<grid, block, 0, stream>>>(items, weights, nonfinite);
     else
-      combine_kernel<T, K, false><<<grid, block, 0, stream>>>(items, weights);
+      combine_kernel<T, K, false><<<grid, block, 0, stream>>>(items, weights, nonfinite);
     return cudaGetLastError();
   });
 }

@@ -119,9 +119,9 @@ void zero_unreached(std::vector<FlatParam>& params, at::TensorList out, int64_t 
 
 // out = sum_k w[k] in_k (+ out) over a work list; zero the outs of parameters no set has (unless accumulating).
 void combine_pass(std::vector<FlatParam>& params, at::TensorList out, const WorkList& wl, int64_t K, const double* w,
-                  bool accumulate) {
+                  bool accumulate, int32_t* nonfinite = nullptr) {
   if (!accumulate) zero_unreached(params, out, K);
-  C10_CUDA_CHECK(run_combine_pass(items_of(wl), wl.groups, static_cast<int>(K), w, accumulate,
+  C10_CUDA_CHECK(run_combine_pass(items_of(wl), wl.groups, static_cast<int>(K), w, accumulate, nonfinite,
                                   at::cuda::getCurrentCUDAStream()));
   finish_out(params);
 }
@@ -139,17 +139,18 @@ at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_
 }
 
 void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
-                  const at::Tensor& weights, bool accumulate) {
+                  const at::Tensor& weights, bool accumulate, const std::optional<at::Tensor>& nonfinite) {
   if (out.empty()) return;
   const at::Device device = out[0].device();
   c10::cuda::CUDAGuard guard(device);
+  int32_t* flag = nonfinite_flag(nonfinite, c10::DeviceType::CUDA);
   TORCH_CHECK(weights.device() == device, "gh_kernels: weights is on ", weights.device(), " but out is on ", device);
   TORCH_CHECK(weights.numel() == num_sets, "gh_kernels: weights has ", weights.numel(), " entries, expected num_sets=", num_sets);
   auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CUDA);
   check_out_aliasing(out, tensors, num_sets);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
-  combine_pass(params, out, wl, num_sets, w.data_ptr<double>(), accumulate);
+  combine_pass(params, out, wl, num_sets, w.data_ptr<double>(), accumulate, flag);
   bump_versions(out);
 }
 

@@ -11,7 +11,7 @@ namespace cuda {
 
 at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets);
 void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
-                  const at::Tensor& weights, bool accumulate);
+                  const at::Tensor& weights, bool accumulate, const std::optional<at::Tensor>& nonfinite);
 void coordinate_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
                      c10::string_view rule, int64_t trim, const std::optional<at::Tensor>& leak, bool accumulate);
 at::Tensor weights_cuda(const at::Tensor& gram, c10::string_view method, double kappa);

@@ -22,9 +22,10 @@ cudaError_t launch_gram_partials(const WorkItem* items, int64_t num_items, int n
 cudaError_t launch_gram_finalize(const double* partials, int64_t num_items, int num_sets, void* G, bool G_is_f64,
                                  cudaStream_t stream);
 // out = sum_k w[k] * in_k (+ out), float64 weights read from device memory (used in the
-// accumulation dtype: float32, float64 for float64 gradients).
+// accumulation dtype: float32, float64 for float64 gradients). *nonfinite (device memory; may be null)
+// becomes 1 when a written value is non-finite (NOTE: [Non-finite flag of the combine]).
 cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_sets, int dtype, const double* weights,
-                           bool accumulate, cudaStream_t stream);
+                           bool accumulate, int* nonfinite, cudaStream_t stream);
 // The per-coordinate pass (gh::CoordinateRule rule): TrimmedMean of the num_sets sets (trim values cut
 // at each end), or GradDrop with the draws as the last set and num_sets - 1 float64 leak values read
 // from device memory; out (+)= the result.

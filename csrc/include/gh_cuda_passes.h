@@ -38,12 +38,13 @@ inline cudaError_t run_gram_pass(const WorkItem* items, const DtypeGroups& group
   return launch_gram_finalize(partials, offset, num_sets, G, G_is_f64, stream);
 }
 
-// out = sum_k weights[k] * in_k (+ out): one launch per dtype group.
+// out = sum_k weights[k] * in_k (+ out): one launch per dtype group; *nonfinite (may be null): see launch_combine.
 inline cudaError_t run_combine_pass(const WorkItem* items, const DtypeGroups& groups, int num_sets, const double* weights,
-                                    bool accumulate, cudaStream_t stream) {
+                                    bool accumulate, int* nonfinite, cudaStream_t stream) {
   int64_t offset = 0;
   for (const auto& g : groups) {
-    const cudaError_t err = launch_combine(items + offset, g.second, num_sets, g.first, weights, accumulate, stream);
+    const cudaError_t err = launch_combine(items + offset, g.second, num_sets, g.first, weights, accumulate, nonfinite,
+                                           stream);
     if (err != cudaSuccess) return err;
     offset += g.second;
   }
@@ -70,7 +71,7 @@ inline cudaError_t run_harmonize_passes(const WorkItem* items, const DtypeGroups
                                         double scale2, bool accumulate, cudaStream_t stream) {
   cudaError_t err = run_gram_pass(items, groups, 2, partials, G, is_f64, stream);
   if (err == cudaSuccess) err = launch_weights(G, w, is_f64, scaled, method, kappa, scale1, scale2, stream);
-  if (err == cudaSuccess) err = run_combine_pass(items, groups, 2, scaled, accumulate, stream);
+  if (err == cudaSuccess) err = run_combine_pass(items, groups, 2, scaled, accumulate, nullptr, stream);
   return err;
 }
 

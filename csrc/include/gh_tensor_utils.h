@@ -218,6 +218,21 @@ inline void bump_versions(at::TensorList out) {
     if (o.defined()) o.unsafeGetTensorImpl()->bump_version();
 }
 
+// NOTE: [Non-finite flag of the combine]: combine_ takes an optional `nonfinite` tensor (one int32 on the
+// gradients' device) and sets it to 1 when a value it writes is non-finite; it never clears it. The check is
+// one compare per written element inside the combine pass (no extra pass over the gradients); every writer
+// stores the same 1, so the result does not depend on threads or blocks. A stateful method commits its new
+// state under it (gh_kernels/weighting/stateful.py): a non-finite head gradient, which the Gram matrix over
+// the shared parameters never sees, still keeps the state (GradScaler skips that step).
+inline int32_t* nonfinite_flag(const std::optional<at::Tensor>& nonfinite, c10::DeviceType device) {
+  if (!nonfinite.has_value() || !nonfinite->defined()) return nullptr;
+  const at::Tensor& f = *nonfinite;
+  TORCH_CHECK(f.scalar_type() == at::kInt && f.numel() == 1 && f.is_contiguous() && f.device().type() == device,
+              "gh_kernels: nonfinite must be one contiguous int32 on the gradients' device; got ", f.scalar_type(), " of ",
+              f.numel(), " elements on ", f.device());
+  return f.data_ptr<int32_t>();
+}
+
 inline void finish_out(std::vector<FlatParam>& params) {
   for (auto& fp : params)
     if (fp.out_target.defined()) fp.out_target.copy_(fp.out_temp);

@@ -29,9 +29,11 @@ def weights(G: torch.Tensor, method: str, kappa: float, backend: Optional[str]) 
 
 
 def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device,
-            out: Optional[List[torch.Tensor]], accumulate: bool, backend: Optional[str]) -> List[TensorOrNone]:
+            out: Optional[List[torch.Tensor]], accumulate: bool, backend: Optional[str],
+            nonfinite: Optional[torch.Tensor] = None) -> List[TensorOrNone]:
     """``out[p] (+)= sum_k w[k] sets[k][p]`` for float32 (or float64) ``w`` on ``device`` and a validated ``out``
-    list, or new tensors when ``out`` is None (``None`` where no set has the parameter)."""
+    list, or new tensors when ``out`` is None (``None`` where no set has the parameter). ``nonfinite``: the
+    combine's flag (NOTE: [Non-finite flag of the combine])."""
     K = len(sets)
     P = len(sets[0])
     if out is None:
@@ -44,7 +46,7 @@ def combine(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.d
         else:
             sub_sets, sub_out = sets, out
         name = backends.resolve(backend, device, K)
-        backends.kernel(name, "combine_")(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate))
+        backends.kernel(name, "combine_")(sub_out, flatten_sets(sub_sets), K, w, bool(accumulate), nonfinite)
     return out
 
 
@@ -70,22 +72,25 @@ def cross_gram(sets: Sequence[List[TensorOrNone]], device: torch.device, backend
 
 
 def combine_sets(w: torch.Tensor, sets: Sequence[List[TensorOrNone]], device: torch.device,
-                 out: Optional[List[TensorOrNone]], accumulate: bool, backend: Optional[str]) -> List[TensorOrNone]:
+                 out: Optional[List[TensorOrNone]], accumulate: bool, backend: Optional[str],
+                 nonfinite: Optional[torch.Tensor] = None) -> List[TensorOrNone]:
     """:func:`combine` for any number of sets: above the kernels' MAX_SETS, one call per block of sets (the
     later ones accumulating), unless an ``out`` tensor shares memory with an input of a later block (it would
     be read after being written): then one call on the torch backend. ``out=None``: new tensors, as :func:`combine`."""
     name = backends.resolve(backend, device, min(len(sets), MAX_SETS))
     limit = backends.BACKENDS[name].max_sets
     if limit is None or len(sets) <= limit:
-        return combine(w, sets, device, out, accumulate, name)
+        return combine(w, sets, device, out, accumulate, name, nonfinite)
     out = new_outs(sets) if out is None else out
     # by memory, not by object: a view of a later block's input would be written before it is read (the out=
     # rules leave exact same-memory aliasing of a parameter's own input as the only sharing, so addresses tell)
     later = {t.data_ptr() for s in sets[limit:] for t in s if t is not None and t.numel()}
     if any(o is not None and o.numel() and o.data_ptr() in later for o in out):
-        return combine(w, sets, device, out, accumulate, "torch")
-    for start in range(0, len(sets), limit):
-        combine(w[start:start + limit], sets[start:start + limit], device, out, accumulate or start > 0, name)
+        return combine(w, sets, device, out, accumulate, "torch", nonfinite)
+    for start in range(0, len(sets), limit):  # the last block writes the final values: it sets the flag
+        last = start + limit >= len(sets)
+        combine(w[start:start + limit], sets[start:start + limit], device, out, accumulate or start > 0, name,
+                nonfinite if last else None)
     return out
 
 

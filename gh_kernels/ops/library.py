@@ -12,8 +12,10 @@ Layout of ``tensors``: ``num_sets`` gradient sets of ``P`` tensors each, set-maj
 * ``gram.<backend>(Tensor?[] tensors, int num_sets) -> Tensor``: K x K float32 Gram matrix.
 * ``weights.<backend>(Tensor gram, str method, float kappa) -> Tensor``: (2,) float32 weights.
 * ``combine_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights,
-  bool accumulate) -> ()``: ``out[p] (+)= sum_k weights[k] * tensors[k*P + p]``, in place;
-  ``out[p]`` may be one of the inputs.
+  bool accumulate, Tensor(b!)? nonfinite=None) -> ()``: ``out[p] (+)= sum_k weights[k] * tensors[k*P + p]``,
+  in place; ``out[p]`` may be one of the inputs. ``nonfinite`` (one int32 on the gradients' device) is set to 1
+  when a written value is non-finite, never cleared (NOTE: [Non-finite flag of the combine] in
+  csrc/include/gh_tensor_utils.h).
 * ``harmonize_.<backend>(Tensor(a!)[] out, Tensor?[] tensors, Tensor? gram_mask, str method,
   float kappa, float scale1, float scale2, bool accumulate) -> (Tensor, Tensor)``: the three
   above in one call for two sets: the Gram matrix over the parameters ``gram_mask`` (a CPU bool
@@ -72,7 +74,7 @@ def _weights_fake(gram, method, kappa):
     return torch.empty((2,), dtype=torch.float64 if gram.dtype == torch.float64 else torch.float32, device=gram.device)
 
 
-def _combine_fake(out, tensors, num_sets, weights, accumulate):
+def _combine_fake(out, tensors, num_sets, weights, accumulate, nonfinite=None):
     # combine_ returns nothing a caller could look at: a real meta tensor among real ones (the dispatcher
     # then runs this kernel and nothing is written) is refused here, for the callers to name it.
     types = {t.device.type for t in list(out) + list(tensors) if t is not None}
@@ -109,7 +111,8 @@ def _bump_after(overload):
 for _name in OVERLOADS:
     _lib.define(f"gram.{_name}(Tensor?[] tensors, int num_sets) -> Tensor")
     _lib.define(f"weights.{_name}(Tensor gram, str method, float kappa) -> Tensor")
-    _lib.define(f"combine_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights, bool accumulate) -> ()")
+    _lib.define(f"combine_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, int num_sets, Tensor weights, bool accumulate, "
+                "Tensor(b!)? nonfinite=None) -> ()")
     _lib.define(f"harmonize_.{_name}(Tensor(a!)[] out, Tensor?[] tensors, Tensor? gram_mask, str method, float kappa, "
                 "float scale1, float scale2, bool accumulate, Tensor(b!)? cache_host=None, Tensor(c!)? cache_device=None) "
                 "-> (Tensor, Tensor)")

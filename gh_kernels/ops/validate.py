@@ -238,3 +238,11 @@ def _explain_out(p: int, o, ref: TensorOrNone, name: str) -> None:
 def flatten_sets(sets: Sequence[List[TensorOrNone]]) -> List[TensorOrNone]:
     """Set-major flat list, the layout of the ops' ``tensors`` argument: ``[s0p0, s0p1, ..., s1p0, ...]``."""
     return [t for s in sets for t in s]
+
+
+def check_nonfinite_flag(flag: torch.Tensor, device: torch.device) -> None:
+    """combine_'s ``nonfinite`` (NOTE: [Non-finite flag of the combine]): one contiguous int32 on ``device``."""
+    if not (isinstance(flag, torch.Tensor) and flag.dtype == torch.int32 and flag.numel() == 1 and flag.is_contiguous()
+            and flag.device == device):
+        raise ValueError(f"nonfinite must be one contiguous int32 on {device}; got "
+                         f"{flag.dtype if isinstance(flag, torch.Tensor) else type(flag).__name__}")

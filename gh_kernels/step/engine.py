@@ -205,7 +205,8 @@ class Engine:
             G = self._gram(sets, shared, device)
             w, pending = weighting.solve(G, flatten_sets([[t if m else None for t, m in zip(s, shared)] for s in sets]))
             applied = weighting.combine_weights(scaled(w, scales))
-            weighted = lambda sub, outs, acc: dispatch.combine_sets(applied, sub, device, outs, acc, self.backend)  # noqa: E731
+            weighted = lambda sub, outs, acc: dispatch.combine_sets(applied, sub, device, outs, acc, self.backend,  # noqa: E731
+                                                                    pending.nonfinite)
         else:  # one per-coordinate pass per group: no Gram matrix, no weights
             G = w = None
             pending = Pending(rollback=_generator_guard(coordinate.generator))
@@ -225,9 +226,14 @@ class Engine:
             # surgery's plain parameters: sum_k g_k, each task's gradient the mean of its two batches when there
             # are two (the weighting's own combine_weights, as for the shared ones)
             ones = torch.ones(K // 2 if self._cross else K, dtype=torch.float32 if w is None else w.dtype, device=device)
-            write.write_groups(found, sets, weighted, weighting.combine_weights(scaled(ones, scales)), self.backend, device)
+            write.write_groups(found, sets, weighted, weighting.combine_weights(scaled(ones, scales)), self.backend, device,
+                               pending.nonfinite)
             if self.sync == "local":
                 write.finish_local(found, state, self.process_group)
+            if pending.nonfinite is not None and self.sync in ("local", "sharded"):
+                # every rank keeps or advances its state alike: a non-finite value written on one rank reaches
+                # every rank's .grad through the all-reduce (local) or GradScaler's check (sharded)
+                distributed.all_reduce_max_(pending.nonfinite, self.process_group)
         except BaseException:
             pending.rollback()
             raise

@@ -84,10 +84,12 @@ def check_targets(found: Targets, sets, names) -> None:
     check_out(found.out, [[s[i] for i in found.index] for s in sets], name="the .grad of params", set_names=names)
 
 
-def write_groups(found: Targets, sets, write_weighted, plain_weights: torch.Tensor, backend, device) -> None:
+def write_groups(found: Targets, sets, write_weighted, plain_weights: torch.Tensor, backend, device,
+                 nonfinite: Optional[torch.Tensor] = None) -> None:
     """One write per (plain, accumulate) group; the targets were checked (NOTE: [Checked before written]).
     ``write_weighted(sub_sets, outs, accumulate)`` writes the method's update of a group (a combine with
-    the weights, or a per-coordinate pass); plain parameters (surgery mode) get ``plain_weights``."""
+    the weights, or a per-coordinate pass); plain parameters (surgery mode) get ``plain_weights``. ``nonfinite``:
+    the combine's flag (NOTE: [Non-finite flag of the combine]), set by the plain writes too."""
     groups = {}
     plain = found.plain or [False] * len(found)
     for j, key in enumerate(zip(plain, found.accumulate)):
@@ -96,7 +98,7 @@ def write_groups(found: Targets, sets, write_weighted, plain_weights: torch.Tens
         idx = [found.index[j] for j in members]
         sub_sets, outs = [[s[i] for i in idx] for s in sets], [found.out[j] for j in members]
         if use_plain:
-            dispatch.combine_sets(plain_weights, sub_sets, device, outs, accumulate, backend)  # any number of sets
+            dispatch.combine_sets(plain_weights, sub_sets, device, outs, accumulate, backend, nonfinite)  # any number of sets
         else:
             write_weighted(sub_sets, outs, accumulate)
 

@@ -82,12 +82,24 @@ def _nothing() -> None:
     return None
 
 
+def _store_nothing(nonfinite: Optional[torch.Tensor]) -> None:
+    return None
+
+
 @dataclass
 class Pending:
-    """A step's state change: ``commit()`` after the call succeeded, ``rollback()`` when it raised."""
+    """A step's state change: ``commit()`` after the call succeeded, ``rollback()`` when it raised.
 
-    commit: Callable[[], None] = _nothing
+    ``nonfinite``: for a stateful method, a zeroed int32 flag on G's device that the call's combines set when
+    they write a non-finite value (NOTE: [Non-finite flag of the combine], csrc/include/gh_tensor_utils.h);
+    ``store(nonfinite)`` then keeps the old state on the device where it is set (no host read)."""
+
+    store: Callable[[Optional[torch.Tensor]], None] = _store_nothing
     rollback: Callable[[], None] = _nothing
+    nonfinite: Optional[torch.Tensor] = None
+
+    def commit(self) -> None:
+        self.store(self.nonfinite)
 
 
 def _generator_guard(generator: Optional[torch.Generator]) -> Callable[[], None]:
@@ -144,7 +156,8 @@ class Weighting:
                 w, state = self.stateful.propose_from_sets(G, flat, self.num_tasks)
             else:
                 w, state = self.stateful.propose(G)
-            return w.to(dtype), Pending(lambda: self.stateful.commit(state), rollback)
+            flag = torch.zeros(1, dtype=torch.int32, device=G.device)
+            return w.to(dtype), Pending(lambda nonfinite: self.stateful.commit(state, nonfinite), rollback, flag)
         rollback = _generator_guard(self.options.get("generator"))
         return _rules.solve(G, self.rule, self.neutral, self._options_on(G.device)).to(dtype), Pending(rollback=rollback)
 

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .linalg import tracing
-from .stateful import State, StatefulMethod, _finite_or_identity, check_number, comparable
+from .stateful import State, StatefulMethod, _finite_or_identity, check_number, comparable, keep_if_nonfinite
 
 
 class CRMOGM(StatefulMethod):
@@ -82,11 +82,12 @@ class CRMOGM(StatefulMethod):
         if old is None:
             old = inner if self.initial_weights is None else self._option_on("initial_weights", self.initial_weights, G.device)
         smoothed = self.alpha * old + (1.0 - self.alpha) * inner
-        return torch.where(finite, smoothed, inner), {"lam": torch.where(finite, smoothed, old), "inner": pending}
+        return torch.where(finite, smoothed, inner), {"lam": torch.where(finite, smoothed, old), "inner": pending,
+                                                      "kept": {"lam": old}}
 
-    def commit(self, state: State) -> None:
-        self.lam = state["lam"]
-        state["inner"].commit()
+    def commit(self, state: State, nonfinite: Optional[torch.Tensor] = None) -> None:
+        self.lam = keep_if_nonfinite(state, nonfinite)["lam"]
+        state["inner"].store(nonfinite)  # the wrapped method's state under the same flag
 
     def state_dict(self) -> dict:
         out = super().state_dict()

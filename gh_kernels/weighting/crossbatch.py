@@ -59,7 +59,7 @@ class MoDo(CrossBatchMethod):
         old = self._start(K, A.device)
         new = project_simplex(old - self.gamma * (A64 @ old + self.rho * old))
         neutral = torch.full_like(old, 1.0 / K)
-        return torch.where(finite, new, neutral), {"lam": torch.where(finite, new, old)}
+        return torch.where(finite, new, neutral), {"lam": torch.where(finite, new, old), "kept": {"lam": old}}
 
 
 class SDMGrad(CrossBatchMethod):
@@ -119,4 +119,4 @@ class SDMGrad(CrossBatchMethod):
             w = project_simplex(w - self.lr * velocity)
         weights = (w + self.lambda_ * pref) / (1.0 + self.lambda_)
         neutral = torch.full_like(old, 1.0 / K)
-        return torch.where(finite, weights, neutral), {"lam": torch.where(finite, w, old)}
+        return torch.where(finite, weights, neutral), {"lam": torch.where(finite, w, old), "kept": {"lam": old}}

@@ -110,14 +110,15 @@ class ExcessMTL(StatefulMethod):
         stepped = torch.softmax(lam.log() + scaled * self.robust_step_size, dim=0)
         new_lam = torch.where(in_warmup, lam, stepped)
         new_sums = list(old_sums)
-        for j, i in enumerate(present):  # a non-finite step keeps the old sums (selected on the device)
-            old = old_sums[i]
-            new_sums[i] = torch.where(finite, new[j], torch.zeros((), dtype=new[j].dtype, device=device) if old is None else old,
-                                      out=new[j])
+        for j, i in enumerate(present):
+            new_sums[i] = new[j]
         keep = lambda new_value, old_value: torch.where(finite, new_value, old_value)  # noqa: E731
+        # the sums are selected once, at commit, under G's finiteness and the combine's flag together (one select
+        # over the sums, not over the gradients): a non-finite step keeps the old sums (0 where none yet)
         state = {"lam": keep(new_lam, lam), "baseline": keep(new_baseline, baseline),
                  "warmup_sum": keep(new_warmup_sum, warmup_sum), "n_steps": keep(steps + 1, steps),
-                 "sq_grad_sum": new_sums}
+                 "sq_grad_sum": new_sums, "finite": finite, "present": present, "old_sums": old_sums,
+                 "kept": {"lam": lam, "baseline": baseline, "warmup_sum": warmup_sum, "n_steps": steps}}
         return torch.where(finite, new_lam, torch.full_like(lam, 1.0 / K)), state
 
     def _spare_like(self, flat, present) -> List[Optional[torch.Tensor]]:
@@ -134,9 +135,15 @@ class ExcessMTL(StatefulMethod):
         self._spare = spare
         return spare
 
-    def commit(self, state: State) -> None:
+    def commit(self, state: State, nonfinite: Optional[torch.Tensor] = None) -> None:
+        ok = state["finite"] if nonfinite is None else state["finite"] & (nonfinite[0] == 0)
+        sums, old_sums = state["sq_grad_sum"], state["old_sums"]
+        for i in state["present"]:
+            old = old_sums[i]
+            torch.where(ok, sums[i], torch.zeros((), dtype=sums[i].dtype, device=sums[i].device) if old is None else old,
+                        out=sums[i])
         previous = self.sq_grad_sum
-        super().commit(state)
+        super().commit(state, nonfinite)
         if previous is not None:  # the old sums become the next step's buffers
             self._spare = [p if p is not None and p is not n else None for p, n in zip(previous, self.sq_grad_sum)]
 

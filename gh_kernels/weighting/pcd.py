@@ -113,5 +113,6 @@ class PCD(StatefulMethod):
         keep = (sq_norms[0] > 0) & (direction_sq > precision * magnitude)
         safe = torch.where(keep, direction_sq, torch.ones_like(direction_sq))
         weights = torch.where(keep, w * scales * (sq_norms[0] / safe).sqrt(), torch.zeros_like(w))
-        state = {"sq_norm_ema": torch.where(finite, ema, old_ema), "n_steps": torch.where(finite, steps, old_steps)}
+        state = {"sq_norm_ema": torch.where(finite, ema, old_ema), "n_steps": torch.where(finite, steps, old_steps),
+                 "kept": {"sq_norm_ema": old_ema, "n_steps": old_steps}}
         return torch.where(finite, weights, torch.ones_like(weights)), state

@@ -61,6 +61,17 @@ def _update_norm_bound(G64: torch.Tensor, w: torch.Tensor, gram_dtype: torch.dty
 State = Dict[str, Optional[torch.Tensor]]
 
 
+def keep_if_nonfinite(state: State, nonfinite: Optional[torch.Tensor]) -> State:
+    """``state`` with each field in ``state["kept"]`` replaced by its kept value where the flag ``nonfinite`` is set
+    (a step that wrote a non-finite value outside G, e.g. a task head's overflow, changes no state; G's own
+    non-finiteness is already in the proposal)."""
+    kept = state.get("kept")
+    if nonfinite is None or kept is None:
+        return state
+    ok = nonfinite[0] == 0
+    return {key: torch.where(ok, value, kept[key]) if key in kept else value for key, value in state.items()}
+
+
 def comparable(value):
     """An option as it is compared between a saved state and an object: tensors as lists, a generator by kind."""
     if isinstance(value, torch.Tensor):
@@ -114,8 +125,11 @@ class StatefulMethod:
     def propose(self, G: torch.Tensor) -> Tuple[torch.Tensor, State]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def commit(self, state: State) -> None:
-        """Store a proposed state (the caller's call succeeded)."""
+    def commit(self, state: State, nonfinite: Optional[torch.Tensor] = None) -> None:
+        """Store a proposed state (the caller's call succeeded). ``state["kept"]``: what a non-finite step keeps
+        (the old state, or the initial one on a first step); where ``nonfinite`` (the combine's flag) is set, those
+        values are stored instead, selected on the device (NOTE: [Non-finite flag of the combine])."""
+        state = keep_if_nonfinite(state, nonfinite)
         for key in self.STATE:
             setattr(self, key, state[key])
 
@@ -252,7 +266,7 @@ class GradVac(StatefulMethod):
             C = C.index_put((rows, j), C[rows, j] + torch.where(phi < hat, w, torch.zeros_like(w)))
             phi_hat = phi_hat.index_put((rows, j), (1.0 - beta) * hat + beta * phi)
         weights = torch.where(finite, C.sum(0), torch.ones_like(C[0]))
-        return weights, {"phi_hat": torch.where(finite, phi_hat, old)}
+        return weights, {"phi_hat": torch.where(finite, phi_hat, old), "kept": {"phi_hat": old}}
 
 
 class NashMTL(StatefulMethod):
@@ -317,5 +331,6 @@ class NashMTL(StatefulMethod):
         if self.max_norm > 0:
             norm = _update_norm_bound(G64, used, G.dtype)
             weights = torch.where(norm > self.max_norm, used / norm * self.max_norm, used)
-        state = {"alpha": torch.where(finite, used, old_alpha), "solved": solved | finite, "step": step + finite.long()}
+        state = {"alpha": torch.where(finite, used, old_alpha), "solved": solved | finite, "step": step + finite.long(),
+                 "kept": {"alpha": old_alpha, "solved": solved, "step": step}}
         return torch.where(finite, weights, torch.ones_like(weights)), state

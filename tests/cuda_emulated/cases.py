@@ -74,6 +74,7 @@ class Result:
     outs: List[torch.Tensor] = field(default_factory=list)
     outs_emul: List[torch.Tensor] = field(default_factory=list)
     guard_broken: int = 0
+    nonfinite: int = 0                         # OP_COMBINE: the kernel's non-finite flag
 
 
 def _raw(t: torch.Tensor) -> bytes:
@@ -149,6 +150,8 @@ def decode(case: Case, r: _Reader) -> Result:
         res.outs = [r.tensor(p.numel, p.dtype) for p in case.params]
         res.outs_emul = [r.tensor(p.numel, p.dtype) for p in case.params]
         res.guard_broken = r.i64()
+    if case.op == OP_COMBINE:
+        res.nonfinite = r.i64()
     return res
 
 

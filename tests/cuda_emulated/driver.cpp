@@ -390,10 +390,11 @@ void run_case() {
   // The glue zeroes the outs of parameters no set has (zero_unreached) before the passes.
   for (auto& p : params)
     if (writes_out && p.present == 0 && !accumulate) std::memset(p.out, 0, p.numel * item_size(static_cast<int>(p.dtype)));
+  int nonfinite = 0;  // the combine's flag (NOTE: [Non-finite flag of the combine])
   cudaError_t err = cudaSuccess;
   switch (op) {
     case kOpGram: err = run_gram_pass(items, wl.groups, K, partials.data(), G, G_is_f64, nullptr); break;
-    case kOpCombine: err = run_combine_pass(items, wl.groups, K, vec.data(), accumulate, nullptr); break;
+    case kOpCombine: err = run_combine_pass(items, wl.groups, K, vec.data(), accumulate, &nonfinite, nullptr); break;
     case kOpCoordinate:
       err = run_coordinate_pass(items, wl.groups, K, rule, trim, vec.empty() ? nullptr : vec.data(), accumulate, nullptr);
       break;
@@ -434,6 +435,7 @@ void run_case() {
     }
     write_i64(guard_broken);
   }
+  if (op == kOpCombine) write_i64(nonfinite);
   for (char* p : to_free) std::free(p);
 }
 

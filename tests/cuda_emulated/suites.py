@@ -168,9 +168,21 @@ def run_combine(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None,
         w = (torch.randn(K, generator=gen, dtype=torch.float64) + 0.5).tolist()
         cs.append(C.Case(C.OP_COMBINE, K, params, accumulate=K % 2 == 0 or alias >= 0, chunk=chunk, out_alias=alias,
                          vec=w, label=f"combine {dtype} K={K}{' in place' if alias >= 0 else ''}"))
+    for K, where, value in ((2, 0, float("inf")), (5, 2, float("nan"))):  # the vector path; an unaligned start
+        params = C.standard_params(K, dtype, gen, chunk=test_chunk(dtype), with_out=True)
+        params[where].sets[1][params[where].numel // 2] = value
+        cs.append(C.Case(C.OP_COMBINE, K, params, chunk=test_chunk(dtype), vec=[1.0] * K,
+                         label=f"combine {dtype} K={K} {value} in parameter {where}"))
     fails: List[str] = []
     for case, res in zip(cs, C.run(cs, driver=driver)):
-        if _status(case, res, fails):
+        if not _status(case, res, fails):
+            continue
+        written_nonfinite = any(not bool(torch.isfinite(o.double()).all()) for o in res.outs)
+        if res.nonfinite != int(written_nonfinite):  # NOTE: [Non-finite flag of the combine]
+            fails.append(f"{case.label}: nonfinite flag {res.nonfinite}, but a non-finite value written: {written_nonfinite}")
+        if written_nonfinite != ("in parameter" in case.label):
+            fails.append(f"{case.label}: a non-finite value written: {written_nonfinite}")
+        elif not written_nonfinite:
             _combine_check(case, res, case.vec, fails)
     return fails
 

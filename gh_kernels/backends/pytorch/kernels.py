@@ -36,7 +36,9 @@ import torch
 
 from ...weighting.gh import solve_weights_torch
 from ...weighting.linalg import constant
+from ...ops.validate import check_nonfinite_flag
 from ..compose import scaled, select_for_gram, zero_gram
+
 
 BLOCK = 4096
 _DTYPE = operator.attrgetter("dtype")
@@ -325,11 +327,20 @@ def combine_(
     num_sets: int,
     weights: torch.Tensor,
     accumulate: bool,
+    nonfinite: Optional[torch.Tensor] = None,
 ) -> None:
     """``out[p] = sum_k weights[k] * set_k[p]`` (``+=`` when accumulating), in float32 (float64 for float64
     gradients), then written: the small parameters in flat batches, the large ones by foreach ops over chunks
-    with the same dtype and sets present."""
+    with the same dtype and sets present. ``nonfinite``: NOTE: [Non-finite flag of the combine]
+    (csrc/include/gh_tensor_utils.h); pure torch cannot fuse the check into the writes, so it costs one
+    more read of the written tensors here (their largest magnitude: no overflow of a sum of squares)."""
+    if nonfinite is not None and len(out):
+        check_nonfinite_flag(nonfinite, out[0].device)
     _combine(out, _Layout(tensors, num_sets, len(out)), weights, accumulate)
+    written = [o for o in out if o.numel()]
+    if nonfinite is not None and written:
+        largest = torch.stack(torch._foreach_norm(written, float("inf")))
+        nonfinite.bitwise_or_((~torch.isfinite(largest).all()).to(torch.int32))
 
 
 def _combine(out, layout: _Layout, weights: torch.Tensor, accumulate: bool) -> None:

@@ -2,7 +2,8 @@
 (+ out)``, one launch per dtype group.
 
 The weights are read from device memory in each program's prologue (no host sync). Elements are
-read before they are written, so ``out`` may be one of the inputs.
+read before they are written, so ``out`` may be one of the inputs. With ``nonfinite`` each program counts
+the non-finite values it stores and, if any, stores 1 there (NOTE: [Non-finite flag of the combine]).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import triton.language as tl
 
 from ...ops.constants import MAX_SETS
 from . import worklist as wl
-from .common import COL_OUT, COL_START, ROW, load_acc, ptr, val, work_item
+from ...ops.validate import check_nonfinite_flag
+from .common import COL_OUT, COL_START, ROW, load_acc, nonfinite_count, ptr, report_nonfinite, val, work_item
 from .flat import finish, flat_params
 from .wide import NARROW_SETS, wide_block, combine_wide_kernel
 
@@ -31,15 +33,17 @@ def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask
         y += w3 * val(p3, offs, mask, h3, MASKED)
     if ACCUMULATE:
         y += load_acc(po, offs, mask, MASKED)
+    stored = y.to(po.dtype.element_ty)
     if MASKED:
-        tl.store(po + offs, y.to(po.dtype.element_ty), mask=mask)
+        tl.store(po + offs, stored, mask=mask)
     else:
-        tl.store(po + offs, y.to(po.dtype.element_ty))
+        tl.store(po + offs, stored)
+    return nonfinite_count(stored, mask, MASKED)
 
 
 @triton.jit
-def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
-                    ALIGNED: tl.constexpr, VEC: tl.constexpr, ACCUMULATE: tl.constexpr):
+def _combine_kernel(table, base, weights, nonfinite, K: tl.constexpr, BLOCK: tl.constexpr,
+                    ALIGNED: tl.constexpr, VEC: tl.constexpr, ACCUMULATE: tl.constexpr, FLAG: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     row = table + pid * ROW
     length, p0, p1, p2, p3, h0, h1, h2, h3 = work_item(row, base, K, ALIGNED, VEC)
@@ -56,12 +60,15 @@ def _combine_kernel(table, base, weights, K: tl.constexpr, BLOCK: tl.constexpr,
         w3 = tl.load(weights + 3)
     r = tl.arange(0, BLOCK)
     n_full = length // BLOCK
+    bad = tl.zeros([], dtype=tl.int32)
     for i in range(0, n_full):
-        _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, i * BLOCK + r, None,
-                      K, ACCUMULATE, False)
+        bad += _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, i * BLOCK + r, None,
+                             K, ACCUMULATE, False)
     offs = n_full * BLOCK + r
-    _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, offs < length,
-                  K, ACCUMULATE, True)
+    bad += _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, offs < length,
+                         K, ACCUMULATE, True)
+    if FLAG:
+        report_nonfinite(nonfinite, bad)
 
 
 class CombineWork(NamedTuple):
@@ -83,7 +90,8 @@ def plan_combine(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.T
     return CombineWork(params, launches, cfg, device, unreached)
 
 
-def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumulate: bool) -> None:
+def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumulate: bool,
+                nonfinite: Optional[torch.Tensor] = None) -> None:
     w = {}  # launch dtype's weight dtype -> the weights in it (float64 for float64 gradients), converted once
 
     def weights_for(dtype):
@@ -95,19 +103,25 @@ def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumul
         torch._foreach_zero_(work.unreached)
     cfg = work.cfg
     for L in work.launches:
+        w_l = weights_for(L.dtype)
+        flag = (w_l, False) if nonfinite is None else (nonfinite, True)  # without a flag: any pointer, never written
         if num_sets > NARROW_SETS:
-            combine_wide_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets, BLOCK=wide_block(cfg, work.device),
-                                            ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
+            combine_wide_kernel[(L.items,)](L.table, L.base, w_l, flag[0], K=num_sets, BLOCK=wide_block(cfg, work.device),
+                                            ACCUMULATE=bool(accumulate), FLAG=flag[1], num_warps=cfg.num_warps)
             continue
-        _combine_kernel[(L.items,)](L.table, L.base, weights_for(L.dtype), K=num_sets,
+        _combine_kernel[(L.items,)](L.table, L.base, w_l, flag[0], K=num_sets,
                                     BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,
-                                    VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), num_warps=cfg.num_warps)
+                                    VEC=16 // L.base.element_size(), ACCUMULATE=bool(accumulate), FLAG=flag[1],
+                                    num_warps=cfg.num_warps)
     finish(work.params)
 
 
 def combine_(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int,
-             weights: torch.Tensor, accumulate: bool) -> None:
-    """In-place combine (op ``gh_kernels::combine_``) with the Triton kernel."""
+             weights: torch.Tensor, accumulate: bool, nonfinite: Optional[torch.Tensor] = None) -> None:
+    """In-place combine (op ``gh_kernels::combine_``) with the Triton kernel; ``nonfinite``: NOTE: [Non-finite flag
+    of the combine] (csrc/include/gh_tensor_utils.h)."""
     if len(out) == 0:
         return
-    run_combine(plan_combine(out, tensors, num_sets), weights, num_sets, accumulate)
+    if nonfinite is not None:
+        check_nonfinite_flag(nonfinite, out[0].device)
+    run_combine(plan_combine(out, tensors, num_sets), weights, num_sets, accumulate, nonfinite)

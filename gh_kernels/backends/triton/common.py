@@ -72,3 +72,20 @@ def load_acc(ptr, offs, mask, MASKED: tl.constexpr):
 def val(ptr, offs, mask, has, MASKED: tl.constexpr):
     # A set without this gradient points at another set's memory; its values count as 0.
     return tl.where(has, load_acc(ptr, offs, mask, MASKED), 0.0)
+
+
+@triton.jit
+def nonfinite_count(stored, mask, MASKED: tl.constexpr):
+    """How many of the ``stored`` values (as written, in the out's dtype) are non-finite: x - x is NaN exactly for
+    inf and NaN (NOTE: [Non-finite flag of the combine] in csrc/include/gh_tensor_utils.h)."""
+    x = stored.to(tl.float32) if stored.dtype != tl.float64 else stored
+    bad = (x - x) != 0.0
+    if MASKED:
+        bad = bad & mask
+    return tl.sum(bad.to(tl.int32), axis=0)
+
+
+@triton.jit
+def report_nonfinite(nonfinite, count):
+    """Store 1 into the flag when ``count > 0``: every writer stores the same value."""
+    tl.store(nonfinite, tl.full([], 1, tl.int32), mask=count > 0)
