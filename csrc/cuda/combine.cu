@@ -8,19 +8,23 @@ namespace gh {
 namespace cuda {
 namespace {
 
-// `bad`: whether a value this thread wrote is non-finite, as stored in T (NOTE: [Non-finite flag of the combine]
-// in gh_tensor_utils.h): one compare per element in registers, reported by one store per thread that saw one.
+// NOTE: [Non-finite flag of the combine] (gh_tensor_utils.h): `worst` keeps the largest magnitude this thread
+// wrote as integer bits (one integer max per element, no predicate: NaN's bits are above inf's, which are above
+// every finite value's), compared once at the end with the magnitude that rounds to inf in T; a thread over it
+// stores 1 into the flag.
 template <typename T, int K, bool ACCUMULATE, typename A>
 struct CombineFunctor {
   static constexpr bool kReadsOut = ACCUMULATE;
   static constexpr bool kWritesOut = true;
   A w[K];
-  bool bad = false;
+  typename MagnitudeBits<A>::type worst = 0;
   __device__ void operator()(const A (&x)[K], A& y) {
 #pragma unroll
     for (int k = 0; k < K; ++k) y = fma(w[k], x[k], y);
-    bad |= !isfinite(Vec<T>::to_f(Vec<T>::from_f(y)));
+    const auto bits = MagnitudeBits<A>::of(y);
+    worst = bits > worst ? bits : worst;
   }
+  __device__ bool nonfinite() const { return worst >= MagnitudeBits<A>::of(Vec<T>::kOverflow); }
 };
 
 template <typename T, int K, bool ACCUMULATE>
@@ -31,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(const WorkItem* __res
 #pragma unroll
   for (int k = 0; k < K; ++k) f.w[k] = static_cast<A>(weights[k]);  // float64 weights, used in the accumulation type
   for_each_element<T, K>(items[blockIdx.x], f);
-  if (f.bad && nonfinite != nullptr) *nonfinite = 1;  // every writer stores the same value
+  if (nonfinite != nullptr && f.nonfinite()) *nonfinite = 1;  // every writer stores the same value
 }
 
 }  // namespace

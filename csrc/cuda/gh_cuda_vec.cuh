@@ -17,6 +17,7 @@ template <>
 struct Vec<double> {
   using Acc = double;
   static constexpr int N = 2;
+  static constexpr double kOverflow = __builtin_huge_val();  // |x| < kOverflow: finite once stored as T
   __device__ static void load(const double* p, double* v) {
     double2 x = *reinterpret_cast<const double2*>(p);
     v[0] = x.x; v[1] = x.y;
@@ -30,6 +31,7 @@ template <>
 struct Vec<float> {
   using Acc = float;
   static constexpr int N = 4;
+  static constexpr float kOverflow = __builtin_huge_valf();
   __device__ static void load(const float* p, float* v) {
     float4 x = *reinterpret_cast<const float4*>(p);
     v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
@@ -43,6 +45,7 @@ template <>
 struct Vec<__nv_bfloat16> {
   using Acc = float;
   static constexpr int N = 8;
+  static constexpr float kOverflow = 0x1.ffp127f;  // halfway above the largest bf16: rounds to inf
   __device__ static void load(const __nv_bfloat16* p, float* v) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
@@ -68,6 +71,7 @@ template <>
 struct Vec<__half> {
   using Acc = float;
   static constexpr int N = 8;
+  static constexpr float kOverflow = 65520.0f;  // halfway above 65504: rounds to inf
   __device__ static void load(const __half* p, float* v) {
     uint4 raw = *reinterpret_cast<const uint4*>(p);
     const __half2* h = reinterpret_cast<const __half2*>(&raw);
@@ -91,6 +95,22 @@ struct Vec<__half> {
 
 constexpr int kThreads = 256;  // threads per block of the multi-tensor kernels
 constexpr int kUnroll = 4;     // independent 16-byte vectors in flight per thread and set
+
+
+// The magnitude of x as unsigned integer bits: ordered as |x| for finite values, inf above them, NaN above inf
+// (NOTE: [Non-finite flag of the combine]).
+template <typename A>
+struct MagnitudeBits;
+template <>
+struct MagnitudeBits<float> {
+  using type = unsigned int;
+  __device__ static type of(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+};
+template <>
+struct MagnitudeBits<double> {
+  using type = unsigned long long;
+  __device__ static type of(double x) { return static_cast<type>(__double_as_longlong(x)) & 0x7fffffffffffffffull; }
+};
 
 }  // namespace cuda
 }  // namespace gh

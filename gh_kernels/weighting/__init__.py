@@ -161,6 +161,12 @@ class Weighting:
         rollback = _generator_guard(self.options.get("generator"))
         return _rules.solve(G, self.rule, self.neutral, self._options_on(G.device)).to(dtype), Pending(rollback=rollback)
 
+    def neutral_weights(self, G: torch.Tensor) -> torch.Tensor:
+        """The float64 weights this method gives for a non-finite G (a stateful method's: ones), computed without a solve."""
+        if self.stateful is not None:
+            return torch.ones(G.shape[0], dtype=torch.float64, device=G.device)
+        return _rules._pref(self._options_on(G.device).get("pref_vector"), G.to(torch.float64), self.neutral)
+
     def _options_on(self, device: torch.device) -> dict:
         """The options with their tensors (``pref_vector``) on ``device``, copied once per device: a
         host-to-device copy per step would wait for the GPU (:func:`~.linalg.cached`)."""

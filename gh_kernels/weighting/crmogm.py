@@ -78,12 +78,14 @@ class CRMOGM(StatefulMethod):
         _, finite = _finite_or_identity(G)
         inner, pending = self._weighting(K).solve(G)
         inner = inner.to(torch.float64)
-        old = self._current("lam", G.device)
+        old = kept = self._current("lam", G.device)
         if old is None:
             old = inner if self.initial_weights is None else self._option_on("initial_weights", self.initial_weights, G.device)
+            # a first step that wrote a non-finite value keeps what a first step with a non-finite G keeps
+            kept = self._weighting(K).neutral_weights(G) if self.initial_weights is None else old
         smoothed = self.alpha * old + (1.0 - self.alpha) * inner
         return torch.where(finite, smoothed, inner), {"lam": torch.where(finite, smoothed, old), "inner": pending,
-                                                      "kept": {"lam": old}}
+                                                      "kept": {"lam": kept}}
 
     def commit(self, state: State, nonfinite: Optional[torch.Tensor] = None) -> None:
         self.lam = keep_if_nonfinite(state, nonfinite)["lam"]

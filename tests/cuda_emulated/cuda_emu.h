@@ -191,6 +191,16 @@ using std::sin;
 using std::sqrt;
 static_assert(std::is_same<decltype(fma(1.0f, 1.0f, 1.0f)), float>::value, "fma(float, float, float) must be fmaf");
 inline float __fdividef(float a, float b) { return a / b; }
+inline unsigned int __float_as_uint(float x) {
+  unsigned int u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline long long __double_as_longlong(double x) {
+  long long u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 

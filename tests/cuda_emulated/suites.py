@@ -168,9 +168,11 @@ def run_combine(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None,
         w = (torch.randn(K, generator=gen, dtype=torch.float64) + 0.5).tolist()
         cs.append(C.Case(C.OP_COMBINE, K, params, accumulate=K % 2 == 0 or alias >= 0, chunk=chunk, out_alias=alias,
                          vec=w, label=f"combine {dtype} K={K}{' in place' if alias >= 0 else ''}"))
-    for K, where, value in ((2, 0, float("inf")), (5, 2, float("nan"))):  # the vector path; an unaligned start
+    big = 0.75 * torch.finfo(dtype).max  # twice it overflows when stored: finite inputs, a non-finite write
+    for K, where, value in ((2, 0, float("inf")), (5, 2, float("nan")), (3, 6, big)):  # vector path, unaligned starts
         params = C.standard_params(K, dtype, gen, chunk=test_chunk(dtype), with_out=True)
         params[where].sets[1][params[where].numel // 2] = value
+        params[where].sets[2 if value == big else 1][params[where].numel // 2] = value
         cs.append(C.Case(C.OP_COMBINE, K, params, chunk=test_chunk(dtype), vec=[1.0] * K,
                          label=f"combine {dtype} K={K} {value} in parameter {where}"))
     fails: List[str] = []
