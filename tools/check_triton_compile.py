@@ -46,21 +46,25 @@ def main():
                 print(f"gram_partials {dtype:8s} K={K} aligned={aligned!s:5s}: {v} 16-byte loads")
                 if aligned and v < K:
                     failures.append(f"gram {dtype} K={K}: no 16-byte loads")
-        for acc in (False, True):
-            sig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32", "K": "constexpr", "BLOCK": "constexpr",
-                   "ALIGNED": "constexpr", "VEC": "constexpr", "ACCUMULATE": "constexpr"}
+        for acc, flag in ((False, False), (True, False), (True, True)):  # FLAG: NOTE: [Non-finite flag of the combine]
+            sig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32",
+                   "nonfinite": "*i32", "K": "constexpr", "BLOCK": "constexpr",
+                   "ALIGNED": "constexpr", "VEC": "constexpr", "ACCUMULATE": "constexpr", "FLAG": "constexpr"}
             k = compile_kernel(triton_combine._combine_kernel, sig,
-                               {"K": 2, "BLOCK": 1024, "ALIGNED": True, "VEC": 16 // ELEM[dtype], "ACCUMULATE": acc}, (0, 1, 2))
+                               {"K": 2, "BLOCK": 1024, "ALIGNED": True, "VEC": 16 // ELEM[dtype], "ACCUMULATE": acc,
+                                "FLAG": flag}, (0, 1, 2))
             lv, sv = count(k, "ld.global.v4"), count(k, "st.global.v4")
-            print(f"combine       {dtype:8s} K=2 accumulate={acc!s:5s}: {lv} 16-byte loads, {sv} 16-byte stores")
+            print(f"combine       {dtype:8s} K=2 accumulate={acc!s:5s} flag={flag!s:5s}: {lv} 16-byte loads, {sv} 16-byte stores")
             if lv < 2 or sv < 1:
-                failures.append(f"combine {dtype} accumulate={acc}: no 16-byte vectors")
+                failures.append(f"combine {dtype} accumulate={acc} flag={flag}: no 16-byte vectors")
         for K in (5, 8):  # the wide kernels (K > 4): they must compile for the GPU; not tuned there
             wsig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp64", "slot_base": "i64", "K": "constexpr", "BLOCK": "constexpr"}
             compile_kernel(triton_wide.gram_wide_kernel, wsig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK}, (0, 1, 2))
-            csig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32", "K": "constexpr",
-                    "BLOCK": "constexpr", "ACCUMULATE": "constexpr"}
-            compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True}, (0, 1, 2))
+            csig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32",
+                    "nonfinite": "*i32", "K": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr", "FLAG": "constexpr"}
+            for flag in (False, True):
+                compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True,
+                                                                       "FLAG": flag}, (0, 1, 2))
         print(f"gram_wide / combine_wide {dtype:8s} K=5, 8 compile")
         for rule, (K, sets) in ((0, (2, 2)), (0, (8, 8)), (1, (2, 3)), (1, (7, 8))):  # the per-coordinate kernel
             psig = {"table": "*i64", "base": PTR[dtype], "leak": "*fp64" if dtype == "float64" else "*fp32", "trim": "i32",
