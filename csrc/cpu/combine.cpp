@@ -5,7 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "gh_cpu_common.h"
 #include "ops_cpu.h"
@@ -14,29 +15,50 @@ namespace gh {
 namespace cpu {
 namespace {
 
-// Returns whether a written value is non-finite (one compare per element, in registers: no extra pass).
+// The smallest magnitude of the accumulation type that rounds to inf when stored as T.
+template <typename T>
+constexpr acc_t<T> overflow_limit() { return std::numeric_limits<acc_t<T>>::infinity(); }
+template <>
+constexpr float overflow_limit<c10::Half>() { return 65520.0f; }  // halfway above 65504
+template <>
+constexpr float overflow_limit<c10::BFloat16>() { return 0x1.ffp127f; }  // halfway above the largest bf16
+
+// |x| as signed integer bits: ordered as |x| for finite values, inf above them, NaN above inf.
+inline int32_t magnitude_bits(float x) {
+  int32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b & 0x7fffffff;
+}
+inline int64_t magnitude_bits(double x) {
+  int64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b & 0x7fffffffffffffffll;
+}
+
+// Returns whether a written value is non-finite (NOTE: [Non-finite flag of the combine]): per element one integer
+// compare of |s|'s bits with the overflow limit's and an OR, which vectorize with the combine (a float reduction
+// or std::isfinite would not: the loop ran 3-9x slower): no extra pass.
 template <typename T, int M>
 bool combine_segment(T* out, const T* const* x, const acc_t<T>* w, int64_t n, bool accumulate) {
   using A = acc_t<T>;
-  bool bad = false;
+  const auto limit = magnitude_bits(overflow_limit<T>());
+  int bad = 0;
   if (accumulate) {
     for (int64_t i = 0; i < n; ++i) {
       A s = to_acc(out[i]);
       for (int k = 0; k < M; ++k) s += w[k] * to_acc(x[k][i]);
-      const T v = static_cast<T>(s);
-      out[i] = v;
-      bad |= !std::isfinite(to_acc(v));
+      out[i] = static_cast<T>(s);
+      bad |= magnitude_bits(s) >= limit;
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
       A s = 0;
       for (int k = 0; k < M; ++k) s += w[k] * to_acc(x[k][i]);
-      const T v = static_cast<T>(s);
-      out[i] = v;
-      bad |= !std::isfinite(to_acc(v));
+      out[i] = static_cast<T>(s);
+      bad |= magnitude_bits(s) >= limit;
     }
   }
-  return bad;
+  return bad != 0;
 }
 
 template <typename T>
