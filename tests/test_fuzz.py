@@ -24,14 +24,15 @@ a fresh random seed, printed in the report header:
 
 Every class of #29 is fixed; Nash-MTL's clip on rank-deficient Grams (13) and CAGrad's tie rule on 0-in-the-hull
 float32 matrices (14) need matrices the fuzzer's small model does not make, and are tested in
-tests/test_crossed_features.py, as GradDrop (class 6), whose reference needs torchjd's draws. Not drawn yet:
-the CUDA kernels under the CPU emulation (their combine's flag and values are checked against float64 in
-tests/cuda_emulated/suites.py).
+tests/test_crossed_features.py, as GradDrop (class 6), whose reference needs torchjd's draws. The CUDA kernels
+cannot run the training step on CPU tensors: ``test_fuzz_emulated_cuda_kernels`` fuzzes them under the CPU
+emulation on what the step hands them (parameter lists, K, dtypes, absent sets, accumulation, non-finite values).
 """
 import copy
 import io
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -302,3 +303,57 @@ def check_case(case):
         for i, (x, y) in enumerate(zip(a, b)):
             assert (x is None) == (y is None) and (x is None or torch.equal(x, y)), \
                 f"step {n}, parameter {i}: the resumed run differs from the uninterrupted one"
+
+
+@pytest.mark.cuda_emulated
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_fuzz_emulated_cuda_kernels():
+    """The CUDA kernels (compiled unchanged with g++ against the CPU emulation, tests/cuda_emulated) as a fuzzed
+    backend: the Gram pass and the combine (with its non-finite flag) on drawn parameter lists -- K = 1..8, every
+    dtype, sizes, unaligned starts, absent sets, accumulation, the work list's chunk, an inf or NaN in one
+    gradient -- each result bit for bit the host emulation of the kernel's order and within the float64
+    reference's bound, the flag exactly "a written value is non-finite". The training-step fuzzer above cannot
+    run the CUDA ops on CPU tensors; this draws what they see."""
+    from cuda_emulated import build, cases as C, suites as S
+    driver = build.build("o1")
+
+    @seed(SEED)
+    @settings(max_examples=8 * EXAMPLES, derandomize=not LONG, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.data())
+    def run(data):
+        K = data.draw(st.integers(1, 8), label="K")
+        dtype = data.draw(st.sampled_from(_rotated(list(C.DTYPES), K)), label="dtype")
+        gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+        inject = data.draw(st.sampled_from(["none", "none", "inf", "nan"]), label="inject")
+        params = []
+        for _ in range(data.draw(st.integers(1, 4), label="parameters")):
+            numel = data.draw(st.sampled_from([0, 1, 7, 33, 1000, 5003]))
+            present = data.draw(st.lists(st.booleans(), min_size=K, max_size=K))
+            sets = [torch.randn(numel, generator=gen, dtype=torch.float64).to(dtype) if has else None for has in present]
+            out = torch.randn(numel, generator=gen, dtype=torch.float64).to(dtype)
+            params.append(C.Param(numel, dtype, sets, out, data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))))
+        poisoned = [s for p in params for s in p.sets if s is not None and s.numel()]
+        if inject != "none" and poisoned:
+            target = poisoned[data.draw(st.integers(0, len(poisoned) - 1), label="poisoned set")]
+            target[data.draw(st.integers(0, target.numel() - 1))] = float(inject)
+        weights = [data.draw(st.floats(-2, 2), label="weight") for _ in range(K)]
+        chunk = data.draw(st.sampled_from([0, S.test_chunk(dtype)]), label="chunk")
+        accumulate = data.draw(st.booleans(), label="accumulate")
+        gram = C.Case(C.OP_GRAM, K, params, g_f64=dtype == torch.float64, chunk=chunk, label=f"gram K={K} {dtype}")
+        combine = C.Case(C.OP_COMBINE, K, params, accumulate=accumulate, chunk=chunk, vec=weights,
+                         label=f"combine K={K} {dtype} accumulate={accumulate}")
+        res_gram, res_combine = C.run([gram, combine], driver=driver)
+        fails = []
+        finite_inputs = inject == "none" or not poisoned
+        if S._status(gram, res_gram, fails) and finite_inputs:
+            S._check_gram(gram, res_gram, fails)
+        if S._status(combine, res_combine, fails):
+            written = any(not bool(torch.isfinite(o.double()).all()) for o in res_combine.outs)
+            if res_combine.nonfinite != int(written):
+                fails.append(f"{combine.label}: flag {res_combine.nonfinite}, a non-finite value written: {written}")
+            if finite_inputs:
+                S._combine_check(combine, res_combine, weights, fails)
+        assert not fails, fails
+
+    run()
