@@ -273,7 +273,8 @@ class NashMTL(StatefulMethod):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022), Alg. 1, with
     torchjd 0.18's conventions: G is divided by its Frobenius norm, ``alpha`` solves
     ``G alpha = 1 / alpha`` (alpha > 0), the update is ``sum alpha_k g_k`` scaled down to norm
-    ``max_norm`` when longer (``max_norm=0``: no clipping), and weights are recomputed every
+    ``max_norm`` when longer (``max_norm=0``: no clipping; the length is bounded from G with its rounding and the
+    combine's, :func:`_update_norm_bound`, so a rank-deficient G cannot hide it), and weights are recomputed every
     ``update_weights_every`` finite steps (reused in between).
 
     Solver: the solution is the minimizer of the self-concordant ``f(a) = a^T G a / 2 - sum log a``;
