@@ -23,7 +23,7 @@ from .wide import NARROW_SETS, wide_block, combine_wide_kernel
 
 @triton.jit
 def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask,
-                  K: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr):
+                  K: tl.constexpr, ACCUMULATE: tl.constexpr, MASKED: tl.constexpr, FLAG: tl.constexpr):
     y = w0 * val(p0, offs, mask, h0, MASKED)
     if K >= 2:
         y += w1 * val(p1, offs, mask, h1, MASKED)
@@ -38,7 +38,10 @@ def _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, mask
         tl.store(po + offs, stored, mask=mask)
     else:
         tl.store(po + offs, stored)
-    return nonfinite_count(stored, mask, MASKED)
+    if FLAG:  # without a flag no count: a combine for a stateless method does no extra work
+        return nonfinite_count(stored, mask, MASKED)
+    else:
+        return tl.zeros([], dtype=tl.int32)
 
 
 @triton.jit
@@ -63,10 +66,10 @@ def _combine_kernel(table, base, weights, nonfinite, K: tl.constexpr, BLOCK: tl.
     bad = tl.zeros([], dtype=tl.int32)
     for i in range(0, n_full):
         bad += _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, i * BLOCK + r, None,
-                             K, ACCUMULATE, False)
+                             K, ACCUMULATE, False, FLAG)
     offs = n_full * BLOCK + r
     bad += _combine_tile(p0, p1, p2, p3, po, h0, h1, h2, h3, w0, w1, w2, w3, offs, offs < length,
-                         K, ACCUMULATE, True)
+                         K, ACCUMULATE, True, FLAG)
     if FLAG:
         report_nonfinite(nonfinite, bad)
 

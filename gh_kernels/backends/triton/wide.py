@@ -92,6 +92,7 @@ def combine_wide_kernel(table, base, weights, nonfinite, K: tl.constexpr, BLOCK:
             y += tl.load(po + offs, mask=m, other=0.0).to(y.dtype)
         stored = y.to(po.dtype.element_ty)
         tl.store(po + offs, stored, mask=m)
-        bad += nonfinite_count(stored, m, True)
+        if FLAG:
+            bad += nonfinite_count(stored, m, True)
     if FLAG:
         report_nonfinite(nonfinite, bad)
