@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def host_simd_flags():
-    """AVX2/FMA/F16C when the build host has them (about 2x for the CPU Gram loop): the
+    """AVX2/FMA/F16C (and AVX-512F) when the build host has them (about 2x for the CPU Gram loops): the
     extension is built where it runs. GH_KERNELS_PORTABLE=1 builds for baseline x86-64."""
     if os.environ.get("GH_KERNELS_PORTABLE") == "1":
         return []
@@ -36,7 +36,11 @@ def host_simd_flags():
             flags = f.read()
     except OSError:
         return []
-    return ["-mavx2", "-mfma", "-mf16c"] if all(f" {x}" in flags for x in ("avx2", "fma", "f16c")) else []
+    if not all(f" {x}" in flags for x in ("avx2", "fma", "f16c")):
+        return []
+    # AVX-512: the wide Gram tile (csrc/cpu/gram.cpp, NOTE: [Wide Gram tile]) takes 4 x 4 blocks of 16-lane
+    # accumulators in its 32 registers: 28 GFMA/s per core against 15 with AVX2 (K = 40, this project's CPU).
+    return ["-mavx2", "-mfma", "-mf16c"] + (["-mavx512f"] if " avx512f" in flags else [])
 
 
 def extension_modules():

@@ -1,14 +1,18 @@
-// CPU Gram kernel: one pass over K gradient sets, all K(K+1)/2 products at once.
+// CPU Gram kernel: one pass over K gradient sets (any K), all K(K+1)/2 products at once.
 //
 // Each work item (<= 64K elements of one parameter) accumulates in float32 (float64 for float64
 // gradients) over tiles of kTile elements with kLanes independent accumulators per product
 // (auto-vectorized; for 3+ sets, pair by pair over an L1-resident copy of the tile), adds
 // each tile's sums into double, and writes its partials into its own slot. The final sum runs
 // over the slots in a fixed order: deterministic for any thread count, no atomics.
+// Above kMaxSets present sets the item runs the wide path (NOTE: [Wide Gram tile]).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "gh_cpu_common.h"
 #include "ops_cpu.h"
@@ -146,33 +150,165 @@ void gram_segment(const T* const* x, int64_t n, double* sums) {
     gram_segment_tiled<T, M>(x, n, sums);
 }
 
+// NOTE: [Wide Gram tile]: above kMaxSets present sets the M(M+1)/2 products are a symmetric rank-k update per
+// tile. The M rows of kWideTile elements are converted once into a buffer of the accumulation type (one read of
+// each gradient element: 40 rows = 80 KB, L2-resident), then every block of kBlockRows x kBlockCols pairs of the
+// upper triangle runs over it with one vector accumulator per pair (12 accumulators + 3 rows in the 16 AVX2
+// registers; each loaded vector feeds 3-4 multiply-adds, where a dot per pair feeds one). Per tile the vector
+// accumulators are added lane by lane into float64 (so float32 sums run over kWideTile / lanes = 64 products,
+// as in the paths above), and the lanes are summed in a fixed order at the end: deterministic. Measured on the
+// 2-core AVX2 machine: 20-29 GFMA/s per core on L2-resident tiles, against 5-8 for a dot per pair.
+template <typename A>
+struct WideVec;  // GCC vector extensions: AVX2 registers with -mavx2, pairs of SSE registers without it
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;  // 32 registers: 4 x 4 accumulators + 4 rows
+constexpr int kBlockRows = 4;
+#else
+constexpr int kVecBytes = 32;  // 16 registers: 3 x 4 accumulators + 3 rows
+constexpr int kBlockRows = 3;
+#endif
+constexpr int kBlockCols = 4;
+template <>
+struct WideVec<float> {
+  typedef float type __attribute__((vector_size(kVecBytes)));
+  typedef double wide __attribute__((vector_size(2 * kVecBytes)));  // the same lanes in float64
+};
+template <>
+struct WideVec<double> {
+  typedef double type __attribute__((vector_size(kVecBytes)));
+  typedef double wide __attribute__((vector_size(kVecBytes)));
+};
+constexpr int64_t kWideTile = 1024;
+
+template <typename A>
+struct WideGram {
+  using V = typename WideVec<A>::type;
+  using W = typename WideVec<A>::wide;
+  static constexpr int L = sizeof(V) / sizeof(A);
+  const int M, rows_padded;
+  A* buf;  // rows_padded rows of kWideTile (this thread's scratch); rows >= M are zeroed per tile
+  W* lanes;  // float64 lane sums of the block pairs, kBlockRows x kBlockCols per block, in block order
+
+  // Scratch reused by every item a thread runs (no allocation or zeroing per item: a list of many small
+  // parameters would pay it per parameter).
+  static std::vector<A>& buf_storage() {
+    thread_local std::vector<A> v;
+    return v;
+  }
+  static std::vector<W>& lane_storage() {
+    thread_local std::vector<W> v;
+    return v;
+  }
+
+  explicit WideGram(int m) : M(m), rows_padded((m + kBlockCols - 1) / kBlockCols * kBlockCols + kBlockRows) {
+    auto& b = buf_storage();
+    auto& l = lane_storage();
+    if (b.size() < static_cast<size_t>(rows_padded) * kWideTile) b.resize(static_cast<size_t>(rows_padded) * kWideTile);
+    if (l.size() < static_cast<size_t>(num_blocks()) * kBlockRows * kBlockCols) l.resize(static_cast<size_t>(num_blocks()) * kBlockRows * kBlockCols);
+    buf = b.data();
+    lanes = l.data();
+  }
+
+  int num_blocks() const {  // blocks (a0, b0): a0 = kBlockRows r, b0 from the column block holding a0 to the end
+    int n = 0;
+    for (int a0 = 0; a0 < M; a0 += kBlockRows) n += (M - a0 / kBlockCols * kBlockCols + kBlockCols - 1) / kBlockCols;
+    return n;
+  }
+
+  static V load(const A* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+
+  // One block over `len` elements (a multiple of L): rows a.. and b.. of buf; the first tile writes `out`.
+  static void block(const A* a, const A* b, int64_t len, W* out, bool first) {
+    V acc[kBlockRows][kBlockCols] = {};
+    for (int64_t i = 0; i < len; i += L) {
+      V vb[kBlockCols];
+      for (int c = 0; c < kBlockCols; ++c) vb[c] = load(b + c * kWideTile + i);
+      for (int r = 0; r < kBlockRows; ++r) {
+        const V va = load(a + r * kWideTile + i);
+        for (int c = 0; c < kBlockCols; ++c) acc[r][c] += va * vb[c];
+      }
+    }
+    for (int r = 0; r < kBlockRows; ++r)
+      for (int c = 0; c < kBlockCols; ++c) {
+        const W v = __builtin_convertvector(acc[r][c], W);
+        out[r * kBlockCols + c] = first ? v : out[r * kBlockCols + c] + v;
+      }
+  }
+
+  template <typename T>
+  void run(const T* const* x, int64_t n) {
+    for (int64_t t0 = 0; t0 < n; t0 += kWideTile) {
+      const int64_t len = std::min(kWideTile, n - t0);
+      const int64_t padded = (len + L - 1) / L * L;
+      for (int k = 0; k < rows_padded; ++k) {
+        A* __restrict__ dst = buf + static_cast<size_t>(k) * kWideTile;
+        int64_t i = 0;
+        if (k < M) {
+          const T* __restrict__ src = x[k] + t0;
+          for (; i < len; ++i) dst[i] = to_acc(src[i]);
+        }
+        for (; i < padded; ++i) dst[i] = A(0);
+      }
+      W* out = lanes;
+      for (int a0 = 0; a0 < M; a0 += kBlockRows)
+        for (int b0 = a0 / kBlockCols * kBlockCols; b0 < M; b0 += kBlockCols, out += kBlockRows * kBlockCols)
+          block(buf + static_cast<size_t>(a0) * kWideTile, buf + static_cast<size_t>(b0) * kWideTile, padded, out, t0 == 0);
+    }
+  }
+
+  // The sums into slot[idx[a] * K + idx[b]], a <= b, lanes in a fixed order.
+  void write(const int* idx, int64_t K, double* slot) const {
+    const W* out = lanes;
+    for (int a0 = 0; a0 < M; a0 += kBlockRows)
+      for (int b0 = a0 / kBlockCols * kBlockCols; b0 < M; b0 += kBlockCols, out += kBlockRows * kBlockCols)
+        for (int r = 0; r < kBlockRows; ++r)
+          for (int c = 0; c < kBlockCols; ++c) {
+            const int a = a0 + r, b = b0 + c;
+            if (a >= M || b >= M || b < a) continue;  // padding rows, and pairs below the diagonal
+            double total = 0;
+            for (int j = 0; j < L; ++j) total += out[r * kBlockCols + c][j];
+            slot[idx[a] * K + idx[b]] = total;
+          }
+  }
+};
+
 template <typename T>
 void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /* K*K */) {
-  const T* x[kMaxSets];
-  int idx[kMaxSets];
-  int m = 0;
+  std::vector<const T*> x;
+  std::vector<int> idx;
   for (int k = 0; k < K; ++k)
     if (fp.in[k] != nullptr) {
-      x[m] = static_cast<const T*>(fp.in[k]) + s.start;
-      idx[m++] = k;
+      x.push_back(static_cast<const T*>(fp.in[k]) + s.start);
+      idx.push_back(k);
     }
+  const int m = static_cast<int>(x.size());
+  if (m > kMaxSets) {
+    WideGram<acc_t<T>> wide(m);
+    wide.run(x.data(), s.len);
+    wide.write(idx.data(), K, slot);
+    return;
+  }
   double sums[kNumPairs];
   switch (m) {
     case 0: return;
-    case 1: gram_segment<T, 1>(x, s.len, sums); break;
-    case 2: gram_segment<T, 2>(x, s.len, sums); break;
-    case 3: gram_segment<T, 3>(x, s.len, sums); break;
-    case 4: gram_segment<T, 4>(x, s.len, sums); break;
-    case 5: gram_segment<T, 5>(x, s.len, sums); break;
-    case 6: gram_segment<T, 6>(x, s.len, sums); break;
-    case 7: gram_segment<T, 7>(x, s.len, sums); break;
-    default: gram_segment<T, 8>(x, s.len, sums); break;
+    case 1: gram_segment<T, 1>(x.data(), s.len, sums); break;
+    case 2: gram_segment<T, 2>(x.data(), s.len, sums); break;
+    case 3: gram_segment<T, 3>(x.data(), s.len, sums); break;
+    case 4: gram_segment<T, 4>(x.data(), s.len, sums); break;
+    case 5: gram_segment<T, 5>(x.data(), s.len, sums); break;
+    case 6: gram_segment<T, 6>(x.data(), s.len, sums); break;
+    case 7: gram_segment<T, 7>(x.data(), s.len, sums); break;
+    default: gram_segment<T, 8>(x.data(), s.len, sums); break;
   }
   int q = 0;
   for (int a = 0; a < m; ++a)
     for (int b = a; b < m; ++b, ++q) slot[idx[a] * K + idx[b]] = sums[q];
 }
-static_assert(kMaxSets == 8, "gram_item lists one case per supported number of present sets");
+static_assert(kMaxSets == 8, "gram_item lists one case per number of present sets up to kMaxSets");
 
 }  // namespace
 
@@ -201,7 +337,7 @@ at::Tensor gram_tensor(const std::vector<double>& G, int64_t K, at::ScalarType d
 }
 
 at::Tensor gram_cpu(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
-  auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CPU);
+  auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CPU, /*max_sets=*/kAnySets);
   return gram_tensor(gram_params(params, num_sets, nullptr), num_sets, result_dtype(params));
 }
 

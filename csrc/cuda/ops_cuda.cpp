@@ -49,7 +49,7 @@ WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const a
   int64_t numel = 0;
   for (size_t p = 0; p < params.size(); ++p) {
     const FlatParam& fp = params[p];
-    for (int k = 0; k < kMaxSets; ++k) views[p].in[k] = fp.in[k];
+    for (int64_t k = 0; k < K; ++k) views[p].in[k] = fp.in[k];
     views[p].out = fp.out;
     views[p].numel = fp.numel;
     views[p].elem_size = static_cast<int64_t>(c10::elementSize(fp.dtype));

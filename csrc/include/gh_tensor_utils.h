@@ -38,7 +38,7 @@ inline int coordinate_rule_code(c10::string_view rule) {
 struct FlatParam {
   int64_t numel = 0;
   at::ScalarType dtype = at::kFloat;
-  const void* in[kMaxSets] = {};  // nullptr: that set has no gradient
+  std::vector<const void*> in;  // one per set; nullptr: that set has no gradient
   void* out = nullptr;
   std::vector<at::Tensor> keep_alive;  // contiguous copies made for this parameter
   at::Tensor out_temp, out_target;     // out computed into out_temp, then copied into out_target
@@ -55,11 +55,20 @@ inline at::ScalarType result_dtype(const std::vector<FlatParam>& params) {
   return at::kFloat;
 }
 
-// Validates the op arguments and returns one FlatParam per parameter.
+// max_sets of a kernel that takes any number of sets (the CPU Gram and combine).
+constexpr int64_t kAnySets = -1;
+
+// Validates the op arguments and returns one FlatParam per parameter. max_sets: the most sets the calling
+// kernel takes (kMaxSets for the fixed-width kernels, or kAnySets).
 inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets,
-                                             at::TensorList out, bool with_out, c10::DeviceType device_type) {
-  TORCH_CHECK(num_sets >= 1 && num_sets <= kMaxSets, "gh_kernels: num_sets must be in [1, ", kMaxSets,
-              "] for the C++ kernels, got ", num_sets);
+                                             at::TensorList out, bool with_out, c10::DeviceType device_type,
+                                             int64_t max_sets = kMaxSets) {
+  if (max_sets == kAnySets) {
+    TORCH_CHECK(num_sets >= 1, "gh_kernels: num_sets must be >= 1, got ", num_sets);
+  } else {
+    TORCH_CHECK(num_sets >= 1 && num_sets <= max_sets, "gh_kernels: num_sets must be in [1, ", max_sets,
+                "] for these C++ kernels, got ", num_sets);
+  }
   const int64_t total = static_cast<int64_t>(tensors.size());
   TORCH_CHECK(total % num_sets == 0, "gh_kernels: tensors has ", total, " entries, not a multiple of num_sets=", num_sets);
   const int64_t P = total / num_sets;
@@ -68,7 +77,8 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
   std::optional<at::Device> device;
   for (int64_t p = 0; p < P; ++p) {
     FlatParam& fp = params[p];
-    at::Tensor ins[kMaxSets];  // undefined: that set has no gradient for this parameter
+    fp.in.assign(static_cast<size_t>(num_sets), nullptr);
+    std::vector<at::Tensor> ins(static_cast<size_t>(num_sets));  // undefined: that set has no gradient for this parameter
     const at::Tensor* ref = nullptr;
     for (int64_t k = 0; k < num_sets; ++k) {
       std::optional<at::Tensor> t = tensors.get(k * P + p);

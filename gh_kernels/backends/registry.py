@@ -11,7 +11,7 @@ Each backend is a package ``gh_kernels.backends.<package>`` with two functions:
 Choice, per call: the ``backend=`` argument, else ``GH_KERNELS_BACKEND`` (``auto`` by default).
 ``auto`` picks the highest-priority backend that loaded for the tensors' device (CPU: cpu >
 torch; CUDA: cuda > triton > torch); one that failed to load is skipped (the reason is logged
-once), and so is one whose kernels take fewer gradient sets than the call has (logged once per K). A backend named explicitly (argument or environment) that cannot serve the call raises
+once), and so is one whose kernel for the op takes fewer gradient sets than the call has (logged once per K). A backend named explicitly (argument or environment) that cannot serve the call raises
 :class:`BackendUnavailable` with the reason. Every call then goes through the dispatcher, to the
 chosen backend's overload (:func:`kernel`).
 """
@@ -41,12 +41,17 @@ class Backend:
     name: str                       # the backend= value and the op overload name
     package: str                    # gh_kernels.backends.<package> implements and registers it
     auto_priority: Dict[str, int] = field(default_factory=dict)  # device type -> rank for "auto" (higher first)
-    max_sets: Optional[int] = MAX_SETS  # most gradient sets its kernels take (None: any number)
+    max_sets: Optional[int] = MAX_SETS  # most gradient sets its Gram and combine kernels take (None: any number)
+    max_coordinate_sets: Optional[int] = MAX_SETS  # most sets its per-coordinate kernel takes (None: any number)
+
+    def limit(self, op: str = "combine_") -> Optional[int]:
+        """The most sets the backend's kernel of ``op`` takes (None: any number)."""
+        return self.max_coordinate_sets if op == "coordinate_" else self.max_sets
 
 
 BACKENDS: Dict[str, Backend] = {
-    "torch": Backend("torch", "pytorch", {"cpu": 0, "cuda": 0}, max_sets=None),
-    "cpu": Backend("cpu", "cpp", {"cpu": 2}),
+    "torch": Backend("torch", "pytorch", {"cpu": 0, "cuda": 0}, max_sets=None, max_coordinate_sets=None),
+    "cpu": Backend("cpu", "cpp", {"cpu": 2}, max_sets=None),  # NOTE: [Wide Gram tile] (csrc/cpu/gram.cpp)
     "cuda": Backend("cuda", "cpp", {"cuda": 2}),
     "triton": Backend("triton", "triton", {"cuda": 1}),  # CPU tensors only under TRITON_INTERPRET=1, never automatically
 }
@@ -90,8 +95,9 @@ def available_backends() -> List[str]:
     return [name for name in BACKENDS if any(unavailable(name, d) is None for d in devices)]
 
 
-def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2) -> str:
-    """The backend name that serves a call on ``device`` with ``num_sets`` sets."""
+def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2, op: str = "combine_") -> str:
+    """The backend name that serves a call of ``op`` on ``device`` with ``num_sets`` sets (the Gram and
+    combine ops share their limit; ``coordinate_`` has its own)."""
     requested = backend if backend is not None else os.environ.get(ENV_VAR, "auto") or "auto"
     where = "backend" if backend is not None else ENV_VAR
     if requested == "auto":
@@ -100,9 +106,10 @@ def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2) -> 
         for b in ranked:
             if unavailable(b.name, device) is not None:
                 continue
-            if b.max_sets is not None and num_sets > b.max_sets:
-                _log_once(f"gh_kernels: {num_sets} gradient sets on {device.type}: backend {b.name!r} takes at most "
-                          f"{b.max_sets}; falling back to the next backend")
+            limit = b.limit(op)
+            if limit is not None and num_sets > limit:
+                _log_once(f"gh_kernels: {num_sets} gradient sets on {device.type}: backend {b.name!r}'s {op} takes at "
+                          f"most {limit}; falling back to the next backend")
                 continue
             return b.name
         return "torch"
@@ -111,9 +118,10 @@ def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2) -> 
     reason = unavailable(requested, device)
     if reason is not None:
         raise BackendUnavailable(f"{where}={requested!r} cannot run this call: {reason}")
-    limit = BACKENDS[requested].max_sets
+    limit = BACKENDS[requested].limit(op)
     if limit is not None and num_sets > limit:
-        raise ValueError(f"{where}={requested!r} handles at most {limit} gradient sets; got {num_sets} (use 'torch')")
+        raise ValueError(f"{where}={requested!r} handles at most {limit} gradient sets in {op}; got {num_sets} "
+                         f"(use 'torch')")
     return requested
 
 

@@ -69,11 +69,11 @@ class CoordinateRule:
             acc = torch.float64 if any(o.dtype == torch.float64 for o in out) else torch.float32
             leak = cached(self._leak_on, (str(device), acc), lambda: torch.zeros(K, dtype=acc, device=device)
                           if self.leak is None else self.leak.to(device=device, dtype=acc))
-        limit = backends.BACKENDS[backend].max_sets if backend in backends.BACKENDS else None
+        limit = backends.BACKENDS[backend].limit("coordinate_") if backend in backends.BACKENDS else None
         if limit is not None and K + self.extra_sets > limit:
             raise ValueError(f"backend={backend!r} runs {self.name!r} for K <= {limit - self.extra_sets} (the draws are one "
                              f"more set in its kernels); got K = {K} (use 'torch')")
-        name = backends.resolve(backend, device, K + self.extra_sets)
+        name = backends.resolve(backend, device, K + self.extra_sets, op="coordinate_")
         backends.kernel(name, "coordinate_")(out, flat, K + self.extra_sets, self.name, self.trim_number, leak,
                                              bool(accumulate))
 
