@@ -15,8 +15,8 @@ PROGRAM = r"""
 #include <cstdio>
 #include "gh_constants.h"
 int main() {
-  std::printf("MAX_SETS %d\nNUM_PAIRS %d\nGHPP_MIN_SIN %.9g\nNUM_METHODS %d\n", gh::kMaxSets, gh::kNumPairs,
-              static_cast<double>(gh::kGhppMinSin), gh::kNumMethods);
+  std::printf("MAX_SETS %d\nNUM_PAIRS %d\nGHPP_MIN_SIN %.9g\nNUM_METHODS %d\nMAX_WIDE_SETS %d\n", gh::kMaxSets,
+              gh::kNumPairs, static_cast<double>(gh::kGhppMinSin), gh::kNumMethods, gh::kMaxWideSets);
   for (int m = 0; m < gh::kNumMethods; ++m) std::printf("METHOD %d %s\n", m, gh::kMethodNames[m]);
   for (int r = 0; r < gh::kNumCoordinateRules; ++r) std::printf("RULE %d %s\n", r, gh::kCoordinateRuleNames[r]);
   std::printf("RULECODES %d %d\n", gh::kCoordinateTrimmedMean, gh::kCoordinateGradDrop);
@@ -41,8 +41,10 @@ def header_values(tmp_path_factory):
 
 def test_header_matches_python(header_values):
     lines = header_values
-    scalars = dict(line.split()[:2] for line in lines if line.split()[0] in ("MAX_SETS", "NUM_PAIRS", "GHPP_MIN_SIN", "NUM_METHODS"))
+    scalars = dict(line.split()[:2] for line in lines
+                   if line.split()[0] in ("MAX_SETS", "NUM_PAIRS", "GHPP_MIN_SIN", "NUM_METHODS", "MAX_WIDE_SETS"))
     assert int(scalars["MAX_SETS"]) == C.MAX_SETS
+    assert int(scalars["MAX_WIDE_SETS"]) == C.MAX_WIDE_SETS
     assert int(scalars["NUM_PAIRS"]) == C.NUM_PAIRS
     assert float(scalars["GHPP_MIN_SIN"]) == pytest.approx(C.GHPP_MIN_SIN, rel=1e-7)
     assert int(scalars["NUM_METHODS"]) == len(C.METHODS)

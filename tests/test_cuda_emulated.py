@@ -107,7 +107,7 @@ def test_every_kernel_runs(driver, tmp_path, monkeypatch):
     log = tmp_path / "launched.txt"
     monkeypatch.setenv("CUEMU_KERNEL_LOG", str(log))
     for name, suite in suites.SUITES.items():
-        suite(torch.float32, _seed(), driver, **({"ks": (2, 3)} if name != "harmonize" else {}))
+        suite(torch.float32, _seed(), driver, **({"ks": (9,) if name.endswith("_wide") else (2, 3)} if name != "harmonize" else {}))
     suites.run_weights(_seed(), driver)
     launched = set(log.read_text().split())
     assert set(build.kernel_names()) <= launched, sorted(set(build.kernel_names()) - launched)

@@ -1,7 +1,7 @@
 """The CUDA backend's host logic, tested on CPU: csrc/include/gh_worklist.h (torch-free, CUDA-free)
 is compiled with g++ into a small program that builds work lists and checks them -- chunk boundaries,
 empty parameters and parameters no set has, sets without a gradient, K = 2..8, dtype groups, the
-Gram mask, alignment flags, and when a plan's cached device copy is reused."""
+Gram mask, alignment flags, when a plan's cached device copy is reused, and the wide list (K = 40)."""
 import os
 import shutil
 import subprocess
@@ -86,6 +86,41 @@ int main() {
     // without out (the Gram pass): out pointers are null
     HostWorkList gram = build_items(params, K, /*with_out=*/false, nullptr, chunk);
     for (const auto& it : gram.items) CHECK(it.out == nullptr && (it.present & kNotInGram) == 0);
+  }
+  // NOTE: [Wide work list]: K = 40 sets, a table row of K + 1 pointers per parameter with items, nullptr for
+  // absent sets, items pointing at their row, parameters of zero elements or no set skipped, the Gram mask.
+  {
+    const int K = 40;
+    const int64_t chunk = 1 << 14;
+    std::vector<ParamView> params(4);
+    for (auto& pv : params) pv.in.assign(K, nullptr);
+    params[0].numel = 3 * chunk + 5;
+    for (int k = 0; k < K; ++k) params[0].in[k] = buf[k % 8];
+    params[0].out = outbuf;
+    params[1].numel = 0;                                   // empty: no item
+    params[1].in[0] = buf[0];
+    params[2].numel = 7;                                   // no set has it: no item
+    params[3].numel = 100;                                 // only set 39 has it
+    params[3].in[K - 1] = buf[1] + 1;
+    params[3].out = outbuf + 1;
+    params[3].dtype = kBFloat16;
+    params[3].elem_size = 2;
+    const uint8_t mask[4] = {1, 1, 1, 0};
+    HostWideList wl = build_wide_items(params, K, true, mask, chunk);
+    CHECK(wl.table.size() == 2 * (K + 1));
+    CHECK(wl.items.size() == 5);
+    CHECK(wl.groups.size() == 2 && wl.groups[0].second == 4 && wl.groups[1].second == 1);  // float32, then bfloat16
+    for (int i = 0; i < 4; ++i) {
+      CHECK(wl.items[i].row == 0 && wl.items[i].start == i * chunk && wl.items[i].flags == 0 && wl.items[i].aligned == 1);
+      CHECK(wl.items[i].len == (i < 3 ? chunk : 5));
+    }
+    CHECK(wl.items[4].row == 1 && wl.items[4].len == 100 && wl.items[4].flags == kNotInGram && wl.items[4].aligned == 0);
+    CHECK(wl.table[K] == outbuf && wl.table[(K + 1) + K - 1] == buf[1] + 1 && wl.table[2 * (K + 1) - 1] == outbuf + 1);
+    for (int k = 0; k < K - 1; ++k) CHECK(wl.table[(K + 1) + k] == nullptr);
+    const std::vector<unsigned char> bytes = wl.serialize();
+    CHECK(static_cast<int64_t>(bytes.size()) == wl.bytes() && wl.item_bytes() % 16 == 0);
+    CHECK(std::memcmp(bytes.data() + wl.item_bytes(), wl.table.data(), wl.table.size() * sizeof(void*)) == 0);
+    CHECK(build_wide_items(params, K, false, nullptr, chunk).table[K] == nullptr);  // the Gram pass: no out
   }
   std::printf(failures ? "%d failures\n" : "ok\n", failures);
   return failures ? 1 : 0;

@@ -94,6 +94,44 @@ at::Device first_device(const c10::List<std::optional<at::Tensor>>& tensors) {
   TORCH_CHECK(false, "gh_kernels: tensors contains no tensor");
 }
 
+// NOTE: [Wide work list] (gh_worklist.h): above kMaxSets sets, the items and the pointer table in one device buffer.
+struct WideList {
+  at::Tensor device;                           // items, then the table
+  std::vector<std::pair<int, int64_t>> groups;  // (dtype code, item count)
+  int64_t total = 0, item_bytes = 0;
+  const WideItem* items() const { return total ? reinterpret_cast<const WideItem*>(device.data_ptr()) : nullptr; }
+  const void* const* table() const {
+    return total ? reinterpret_cast<const void* const*>(static_cast<const unsigned char*>(device.data_ptr()) + item_bytes)
+                 : nullptr;
+  }
+};
+
+WideList build_wide_list(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out) {
+  std::vector<ParamView> views(params.size());
+  int64_t numel = 0;
+  for (size_t p = 0; p < params.size(); ++p) {
+    const FlatParam& fp = params[p];
+    views[p].in = fp.in;
+    views[p].out = fp.out;
+    views[p].numel = fp.numel;
+    views[p].elem_size = static_cast<int64_t>(c10::elementSize(fp.dtype));
+    views[p].dtype = dtype_code(fp.dtype);
+    numel += fp.numel;
+  }
+  const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
+  const HostWideList host_list = build_wide_items(views, K, with_out, nullptr, worklist_chunk(numel, sms));
+  WideList wl;
+  wl.groups = host_list.groups;
+  wl.total = static_cast<int64_t>(host_list.items.size());
+  wl.item_bytes = host_list.item_bytes();
+  if (wl.total == 0) return wl;
+  const std::vector<unsigned char> bytes = host_list.serialize();
+  at::Tensor host = at::empty({static_cast<int64_t>(bytes.size())}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), bytes.data(), bytes.size());
+  wl.device = host.to(device, /*non_blocking=*/true);  // as build_worklist: asynchronous, from pinned memory
+  return wl;
+}
+
 const WorkItem* items_of(const WorkList& wl) {
   return wl.total ? reinterpret_cast<const WorkItem*>(wl.device_items.data_ptr()) : nullptr;
 }
@@ -131,7 +169,18 @@ void combine_pass(std::vector<FlatParam>& params, at::TensorList out, const Work
 at::Tensor gram_cuda(const c10::List<std::optional<at::Tensor>>& tensors, int64_t num_sets) {
   const at::Device device = first_device(tensors);
   c10::cuda::CUDAGuard guard(device);
-  auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CUDA);
+  auto params = prepare_params(tensors, num_sets, {}, /*with_out=*/false, c10::DeviceType::CUDA, kMaxWideSets);
+  if (num_sets > kMaxSets) {  // NOTE: [Wide work list]
+    WideList wl = build_wide_list(params, num_sets, device, /*with_out=*/false);
+    at::Tensor G = at::zeros({num_sets, num_sets}, at::TensorOptions().dtype(result_dtype(params)).device(device));
+    if (wl.total == 0) return G;
+    at::Tensor partials = at::empty({wide_gram_partials_count(wl.total, static_cast<int>(num_sets))},
+                                    G.options().dtype(at::kDouble));
+    C10_CUDA_CHECK(run_wide_gram_pass(wl.items(), wl.table(), wl.groups, static_cast<int>(num_sets),
+                                      partials.data_ptr<double>(), G.data_ptr(), G.scalar_type() == at::kDouble,
+                                      at::cuda::getCurrentCUDAStream()));
+    return G;
+  }
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/false);
   at::Tensor G = at::zeros({num_sets, num_sets}, at::TensorOptions().dtype(result_dtype(params)).device(device));
   gram_pass(wl, num_sets, G);
@@ -146,9 +195,18 @@ void combine_cuda(at::TensorList out, const c10::List<std::optional<at::Tensor>>
   int32_t* flag = nonfinite_flag(nonfinite, c10::DeviceType::CUDA);
   TORCH_CHECK(weights.device() == device, "gh_kernels: weights is on ", weights.device(), " but out is on ", device);
   TORCH_CHECK(weights.numel() == num_sets, "gh_kernels: weights has ", weights.numel(), " entries, expected num_sets=", num_sets);
-  auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CUDA);
+  auto params = prepare_params(tensors, num_sets, out, /*with_out=*/true, c10::DeviceType::CUDA, kMaxWideSets);
   check_out_aliasing(out, tensors, num_sets);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
+  if (num_sets > kMaxSets) {  // NOTE: [Wide work list]
+    WideList wl = build_wide_list(params, num_sets, device, /*with_out=*/true);
+    if (!accumulate) zero_unreached(params, out, num_sets);
+    C10_CUDA_CHECK(run_wide_combine_pass(wl.items(), wl.table(), wl.groups, static_cast<int>(num_sets),
+                                         w.data_ptr<double>(), accumulate, flag, at::cuda::getCurrentCUDAStream()));
+    finish_out(params);
+    bump_versions(out);
+    return;
+  }
   WorkList wl = build_worklist(params, num_sets, device, /*with_out=*/true);
   combine_pass(params, out, wl, num_sets, w.data_ptr<double>(), accumulate, flag);
   bump_versions(out);

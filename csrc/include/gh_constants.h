@@ -20,6 +20,16 @@ constexpr int kNumPairs = kMaxSets * (kMaxSets + 1) / 2;
 // Column of pair (a, b), a <= b: row-major upper triangle (_constants.pair_column).
 GH_HD constexpr int pair_column(int a, int b) { return a * kMaxSets - a * (a - 1) / 2 + (b - a); }
 
+// The CUDA kernels' wide path (NOTE: [Wide work list], gh_worklist.h) takes up to this many sets
+// (_constants.MAX_WIDE_SETS); the C++ CPU kernels take any number.
+constexpr int kMaxWideSets = 64;
+// Elements of each set staged per shared-memory tile by the wide Gram kernel (NOTE: [Wide Gram block]).
+constexpr int kWideGramTile = 64;
+
+// Columns of a wide Gram row for K sets, and the column of pair (a, b), a <= b: row-major upper triangle.
+GH_HD constexpr int wide_pairs(int K) { return K * (K + 1) / 2; }
+GH_HD constexpr int wide_pair_column(int a, int b, int K) { return a * K - a * (a - 1) / 2 + (b - a); }
+
 // Method codes: the index of the name in _constants.METHODS.
 enum Method : int { kSum = 0, kGH = 1, kGHPP = 2, kGHPPReleased = 3 };
 constexpr int kNumMethods = 4;

@@ -31,6 +31,15 @@ cudaError_t launch_combine(const WorkItem* items, int64_t num_items, int num_set
 // from device memory; out (+)= the result.
 cudaError_t launch_coordinate(const WorkItem* items, int64_t num_items, int num_sets, int dtype, int rule, int trim,
                               const double* leak, bool accumulate, cudaStream_t stream);
+// The wide path above kMaxSets sets (NOTE: [Wide work list]): `table` holds each parameter's K + 1 pointers.
+// Partial rows of wide_pairs(num_sets) float64 columns per item (NOTE: [Wide Gram block]), their fixed-order sum
+// into G, and the combine (as launch_combine). num_sets in [1, kMaxWideSets], else cudaErrorInvalidValue.
+cudaError_t launch_wide_gram_partials(const WideItem* items, const void* const* table, int64_t num_items, int num_sets,
+                                      int dtype, double* partials, cudaStream_t stream);
+cudaError_t launch_wide_gram_finalize(const double* partials, int64_t num_items, int num_sets, void* G, bool G_is_f64,
+                                      cudaStream_t stream);
+cudaError_t launch_wide_combine(const WideItem* items, const void* const* table, int64_t num_items, int num_sets,
+                                int dtype, const double* weights, bool accumulate, int* nonfinite, cudaStream_t stream);
 // (w1, w2) from the 2x2 Gram matrix G (gh_weights.h), one thread: G and w are float, or double
 // when is_f64. scaled (may be null) gets (w1 * scale1, w2 * scale2) as float64, for launch_combine.
 cudaError_t launch_weights(const void* G, void* w, bool is_f64, double* scaled, int method, double kappa, double scale1,

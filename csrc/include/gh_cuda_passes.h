@@ -51,6 +51,35 @@ inline cudaError_t run_combine_pass(const WorkItem* items, const DtypeGroups& gr
   return cudaSuccess;
 }
 
+// The wide passes (NOTE: [Wide work list]): a wide list's items and pointer table, as the two above.
+inline int64_t wide_gram_partials_count(int64_t num_items, int num_sets) { return num_items * wide_pairs(num_sets); }
+
+inline cudaError_t run_wide_gram_pass(const WideItem* items, const void* const* table, const DtypeGroups& groups,
+                                      int num_sets, double* partials, void* G, bool G_is_f64, cudaStream_t stream) {
+  int64_t offset = 0;
+  for (const auto& g : groups) {
+    const cudaError_t err = launch_wide_gram_partials(items + offset, table, g.second, num_sets, g.first,
+                                                      partials + offset * wide_pairs(num_sets), stream);
+    if (err != cudaSuccess) return err;
+    offset += g.second;
+  }
+  if (offset == 0) return cudaSuccess;
+  return launch_wide_gram_finalize(partials, offset, num_sets, G, G_is_f64, stream);
+}
+
+inline cudaError_t run_wide_combine_pass(const WideItem* items, const void* const* table, const DtypeGroups& groups,
+                                         int num_sets, const double* weights, bool accumulate, int* nonfinite,
+                                         cudaStream_t stream) {
+  int64_t offset = 0;
+  for (const auto& g : groups) {
+    const cudaError_t err = launch_wide_combine(items + offset, table, g.second, num_sets, g.first, weights, accumulate,
+                                                nonfinite, stream);
+    if (err != cudaSuccess) return err;
+    offset += g.second;
+  }
+  return cudaSuccess;
+}
+
 // The per-coordinate pass (gh::CoordinateRule): one launch per dtype group.
 inline cudaError_t run_coordinate_pass(const WorkItem* items, const DtypeGroups& groups, int num_sets, int rule, int trim,
                                        const double* leak, bool accumulate, cudaStream_t stream) {

@@ -1,6 +1,7 @@
 // The host side of the CUDA multi-tensor work list, torch-free and CUDA-free so that a plain g++
 // unit test checks it on a CPU machine (tests/test_worklist_host.py): the WorkItem layout the
-// kernels read, how parameters are cut into chunks, and when a plan's cached device copy is reused.
+// kernels read (and the wide list's, above kMaxSets sets), how parameters are cut into chunks, and
+// when a plan's cached device copy is reused.
 // The torch glue (csrc/cuda/ops_cuda.cpp) fills ParamView records from tensors and uploads the items.
 #pragma once
 #include <algorithm>
@@ -32,9 +33,10 @@ struct WorkItem {
 };
 static_assert(sizeof(WorkItem) == 8 * kMaxSets + 32, "WorkItem layout is shared with the host glue");
 
-// One parameter as the work list sees it: its sets' addresses (nullptr: no gradient), out, size, dtype.
+// One parameter as the work list sees it: its sets' addresses (nullptr: no gradient; kMaxSets slots by
+// default, K for a wide list), out, size, dtype.
 struct ParamView {
-  const void* in[kMaxSets] = {};
+  std::vector<const void*> in = std::vector<const void*>(kMaxSets, nullptr);
   void* out = nullptr;
   int64_t numel = 0;
   int64_t elem_size = 4;
@@ -93,6 +95,73 @@ inline HostWorkList build_items(const std::vector<ParamView>& params, int64_t K,
     }
   }
   HostWorkList wl;
+  for (auto& kv : by_dtype) {
+    wl.items.insert(wl.items.end(), kv.second.begin(), kv.second.end());
+    wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
+  }
+  return wl;
+}
+
+// NOTE: [Wide work list]: above kMaxSets sets (up to kMaxWideSets) an item cannot carry its sets' addresses.
+// Wide items name a row of a pointer table instead: per parameter K input addresses (nullptr: that set has no
+// gradient) and then out, K + 1 pointers. The kernels read each set's pointer from the table, and the items and
+// the table go to the device as one buffer (items first; the table starts at a 16-byte boundary).
+struct WideItem {
+  int64_t row;  // the parameter's row in the pointer table
+  int64_t start;
+  int64_t len;
+  uint32_t flags;  // kNotInGram
+  uint32_t aligned;  // every present pointer + start is 16-byte aligned (kept for vector loads; unused today)
+};
+static_assert(sizeof(WideItem) == 32, "WideItem layout is shared with the host glue");
+
+struct HostWideList {
+  std::vector<WideItem> items;
+  std::vector<const void*> table;  // rows of K + 1 pointers
+  std::vector<std::pair<int, int64_t>> groups;  // (dtype code, item count), consecutive in items
+  int64_t item_bytes() const { return static_cast<int64_t>(items.size() * sizeof(WideItem)); }
+  int64_t bytes() const { return item_bytes() + static_cast<int64_t>(table.size() * sizeof(void*)); }
+  // items then table, as uploaded
+  std::vector<unsigned char> serialize() const {
+    std::vector<unsigned char> b(static_cast<size_t>(bytes()));
+    if (!items.empty()) std::memcpy(b.data(), items.data(), static_cast<size_t>(item_bytes()));
+    if (!table.empty()) std::memcpy(b.data() + item_bytes(), table.data(), table.size() * sizeof(void*));
+    return b;
+  }
+};
+
+// The wide list of a call (NOTE: [Wide work list]); the same rules as build_items: parameters of zero elements,
+// or that no set has, get no item; gram_mask's zero bytes set kNotInGram.
+inline HostWideList build_wide_items(const std::vector<ParamView>& params, int64_t K, bool with_out, const uint8_t* gram_mask,
+                                     int64_t chunk) {
+  std::map<int, std::vector<WideItem>> by_dtype;
+  HostWideList wl;
+  for (size_t p = 0; p < params.size(); ++p) {
+    const ParamView& pv = params[p];
+    if (pv.numel == 0) continue;
+    bool any = false, aligned = (chunk * pv.elem_size) % 16 == 0;
+    for (int64_t k = 0; k < K; ++k)
+      if (pv.in[k] != nullptr) {
+        any = true;
+        aligned = aligned && reinterpret_cast<uintptr_t>(pv.in[k]) % 16 == 0;
+      }
+    if (!any) continue;
+    aligned = aligned && (!with_out || reinterpret_cast<uintptr_t>(pv.out) % 16 == 0);
+    const int64_t row = static_cast<int64_t>(wl.table.size()) / (K + 1);
+    for (int64_t k = 0; k < K; ++k) wl.table.push_back(pv.in[k]);
+    wl.table.push_back(with_out ? pv.out : nullptr);
+    WideItem base{};
+    base.row = row;
+    base.flags = gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u;
+    base.aligned = aligned ? 1u : 0u;
+    auto& items = by_dtype[pv.dtype];
+    for (int64_t s = 0; s < pv.numel; s += chunk) {
+      WideItem it = base;
+      it.start = s;
+      it.len = std::min(chunk, pv.numel - s);
+      items.push_back(it);
+    }
+  }
   for (auto& kv : by_dtype) {
     wl.items.insert(wl.items.end(), kv.second.begin(), kv.second.end());
     wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));

@@ -10,6 +10,9 @@ from __future__ import annotations
 #: The fused kernels handle up to this many gradient sets; more sets use the "torch" backend.
 MAX_SETS = 8
 
+#: The CUDA kernels take up to this many sets (their wide path above MAX_SETS); the C++ CPU kernels any number.
+MAX_WIDE_SETS = 64
+
 #: Partial sums of the Gram pass: one column per pair (a, b), a <= b, of the MAX_SETS sets.
 NUM_PAIRS = MAX_SETS * (MAX_SETS + 1) // 2
 

@@ -40,7 +40,9 @@ class Param:
 
     @property
     def present(self) -> int:
-        return sum(1 << k for k, s in enumerate(self.sets) if s is not None)
+        """The present bits as the driver's int64 (set 63's bit is the sign bit)."""
+        bits = sum(1 << k for k, s in enumerate(self.sets) if s is not None)
+        return bits - (1 << 64) if bits >= 1 << 63 else bits
 
 
 @dataclass

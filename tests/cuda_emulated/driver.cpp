@@ -191,15 +191,78 @@ void emulate_gram(const HostWorkList& wl, int K, bool G_is_f64, double* G) {
     }
 }
 
+// NOTE: [Wide Gram block] (gram.cu): one wide item's row. Thread (task, lane) accumulates fma(x_a, x_b, s) from 0
+// over the elements lane, lane + lanes, ... of each kWideGramTile tile (elements past the item read as 0), for the
+// 4 x 4 block of pairs of its task, and adds each tile's sum into a float64 total; lane 0 sums the lanes' totals in
+// order from 0 (float64) into the row.
+template <typename T>
+void emulate_wide_gram_item(const WideItem& item, const std::vector<const void*>& table, int K, double* row) {
+  using A = typename Elem<T>::A;
+  const int NP = wide_pairs(K);
+  for (int q = 0; q < NP; ++q) row[q] = 0.0;
+  if (item.flags & kNotInGram) return;
+  const void* const* ptrs = table.data() + item.row * (K + 1);
+  const int nb = (K + 3) / 4, tasks = nb * (nb + 1) / 2, lanes = kThreads / tasks;
+  auto value = [&](int k, int64_t e) -> A {
+    return k < K && ptrs[k] != nullptr && e < item.len ? Elem<T>::get(static_cast<const T*>(ptrs[k]) + item.start, e) : A(0);
+  };
+  int task = 0;
+  for (int bi = 0; bi < nb; ++bi)
+    for (int bj = bi; bj < nb; ++bj, ++task) {
+      std::vector<double> total(static_cast<size_t>(lanes) * 16, 0.0);
+      for (int lane = 0; lane < lanes; ++lane)
+        for (int64_t t0 = 0; t0 < item.len; t0 += kWideGramTile) {
+          A acc[16] = {};
+          for (int e = lane; e < kWideGramTile; e += lanes)
+            for (int j = 0; j < 4; ++j)
+              for (int i = 0; i < 4; ++i)
+                acc[i * 4 + j] = std::fma(value(bi * 4 + i, t0 + e), value(bj * 4 + j, t0 + e), acc[i * 4 + j]);
+          for (int q = 0; q < 16; ++q) total[lane * 16 + q] += static_cast<double>(acc[q]);
+        }
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          const int a = bi * 4 + i, b = bj * 4 + j;
+          if (a >= K || b >= K || b < a) continue;
+          double s = 0.0;
+          for (int l = 0; l < lanes; ++l) s += total[l * 16 + i * 4 + j];
+          row[wide_pair_column(a, b, K)] = s;
+        }
+    }
+}
+
+// The wide cleanup: per pair, the rows summed in item order in float64.
+void emulate_wide_gram(const HostWideList& wl, int K, bool G_is_f64, double* G) {
+  const int64_t n = static_cast<int64_t>(wl.items.size());
+  const int NP = wide_pairs(K);
+  std::vector<double> rows(static_cast<size_t>(n) * NP);
+  int64_t offset = 0;
+  for (const auto& g : wl.groups) {
+    for (int64_t i = offset; i < offset + g.second; ++i)
+      with_type(g.first, [&](auto t) {
+        emulate_wide_gram_item<decltype(t)>(wl.items[i], wl.table, K, &rows[i * NP]);
+        return 0;
+      });
+    offset += g.second;
+  }
+  for (int a = 0; a < K; ++a)
+    for (int b = a; b < K; ++b) {
+      double s = 0.0;
+      for (int64_t r = 0; r < n; ++r) s += rows[r * NP + wide_pair_column(a, b, K)];
+      const double v = n == 0 ? 0.0 : G_is_f64 ? s : static_cast<double>(static_cast<float>(s));
+      G[a * K + b] = v;
+      G[b * K + a] = v;
+    }
+}
+
 // Elementwise ops over one parameter: f(x[K], y) with x read from the pristine inputs.
 template <typename T, typename F>
 void emulate_elementwise(Param& p, const std::vector<std::vector<char>>& in_data, int K, bool accumulate, F&& f) {
   using A = typename Elem<T>::A;
+  std::vector<A> x(static_cast<size_t>(K));
   for (int64_t i = 0; i < p.numel; ++i) {
-    A x[kMaxSets];
     for (int k = 0; k < K; ++k) x[k] = (p.present >> k) & 1 ? Elem<T>::get(in_data[k].data(), i) : A(0);
     A y = accumulate ? Elem<T>::get(p.emul_out.data(), i) : A(0);
-    f(x, y);
+    f(x.data(), y);
     Elem<T>::put(p.emul_out.data(), i, y);
   }
 }
@@ -296,7 +359,7 @@ void run_case() {
     Param& p = params[pi];
     const int64_t bytes = p.numel * item_size(static_cast<int>(p.dtype));
     in_data[pi].assign(K, {});
-    p.in.assign(kMaxSets, nullptr);
+    p.in.assign(std::max(K, kMaxSets), nullptr);
     for (int k = 0; k < K; ++k)
       if ((p.present >> k) & 1) {
         in_data[pi][k].resize(bytes);
@@ -322,7 +385,7 @@ void run_case() {
   std::vector<ParamView> views(n_params);
   std::vector<uint8_t> mask(n_params);
   for (int64_t pi = 0; pi < n_params; ++pi) {
-    for (int k = 0; k < kMaxSets; ++k) views[pi].in[k] = params[pi].in[k];
+    views[pi].in.assign(params[pi].in.begin(), params[pi].in.end());
     views[pi].out = params[pi].out;
     views[pi].numel = params[pi].numel;
     views[pi].elem_size = item_size(static_cast<int>(params[pi].dtype));
@@ -330,13 +393,18 @@ void run_case() {
     mask[pi] = static_cast<uint8_t>(params[pi].in_gram);
   }
   if (chunk <= 0) chunk = worklist_chunk(total, kSimulatedSMs);
-  const HostWorkList wl = build_items(views, K, writes_out, op == kOpHarmonize ? mask.data() : nullptr, chunk);
-  const int64_t n_items = static_cast<int64_t>(wl.items.size());
+  // Above kMaxSets sets the Gram and combine run on the wide list (NOTE: [Wide work list]).
+  const bool wide = K > kMaxSets;
+  if (wide && op != kOpGram && op != kOpCombine) std::exit(4);
+  const HostWorkList wl = wide ? HostWorkList{} : build_items(views, K, writes_out, op == kOpHarmonize ? mask.data() : nullptr, chunk);
+  const HostWideList wide_list = wide ? build_wide_items(views, K, writes_out, nullptr, chunk) : HostWideList{};
+  const int64_t n_items = static_cast<int64_t>(wide ? wide_list.items.size() : wl.items.size());
 
   // Emulation first: it reads the pristine inputs (out may alias one).
   std::vector<double> G_emul(K * K, 0.0);
   double w_emul[2] = {1, 1}, scaled_emul[2] = {1, 1};
-  if (op == kOpGram || op == kOpHarmonize) emulate_gram(wl, K, G_is_f64, G_emul.data());
+  if (op == kOpGram && wide) emulate_wide_gram(wide_list, K, G_is_f64, G_emul.data());
+  else if (op == kOpGram || op == kOpHarmonize) emulate_gram(wl, K, G_is_f64, G_emul.data());
   if (op == kOpHarmonize)
     host_weights(G_is_f64, G_emul[0], G_emul[1], G_emul[3], method, kappa, scale1, scale2, w_emul, scaled_emul);
   for (int64_t pi = 0; pi < n_params && writes_out; ++pi) {
@@ -381,20 +449,30 @@ void run_case() {
 
   // The kernels, through the glue's pass functions.
   const WorkItem* items = wl.items.data();
-  std::vector<double> partials(gram_partials_count(n_items), -1.0);  // garbage: the launcher must clear it
-  alignas(16) double G64[kMaxSets * kMaxSets] = {};
-  alignas(16) float G32[kMaxSets * kMaxSets] = {};
+  std::vector<double> partials(wide ? wide_gram_partials_count(n_items, K) : gram_partials_count(n_items), -1.0);  // garbage: the launcher must clear it
+  std::vector<double> G64(static_cast<size_t>(K) * K, 0.0);
+  std::vector<float> G32(static_cast<size_t>(K) * K, 0.0f);
   alignas(16) double w64[2] = {}, scaled[2] = {};
   alignas(16) float w32[2] = {};
-  void* G = G_is_f64 ? static_cast<void*>(G64) : static_cast<void*>(G32);
+  void* G = G_is_f64 ? static_cast<void*>(G64.data()) : static_cast<void*>(G32.data());
   // The glue zeroes the outs of parameters no set has (zero_unreached) before the passes.
   for (auto& p : params)
     if (writes_out && p.present == 0 && !accumulate) std::memset(p.out, 0, p.numel * item_size(static_cast<int>(p.dtype)));
   int nonfinite = 0;  // the combine's flag (NOTE: [Non-finite flag of the combine])
   cudaError_t err = cudaSuccess;
-  switch (op) {
+  // the wide list as uploaded: items, then the table (NOTE: [Wide work list])
+  std::vector<unsigned char> wide_bytes = wide_list.serialize();
+  const WideItem* wide_items = reinterpret_cast<const WideItem*>(wide_bytes.data());
+  const void* const* wide_table = reinterpret_cast<const void* const*>(wide_bytes.data() + wide_list.item_bytes());
+  switch (wide ? -op - 1 : op) {
     case kOpGram: err = run_gram_pass(items, wl.groups, K, partials.data(), G, G_is_f64, nullptr); break;
     case kOpCombine: err = run_combine_pass(items, wl.groups, K, vec.data(), accumulate, &nonfinite, nullptr); break;
+    case -kOpGram - 1:
+      err = run_wide_gram_pass(wide_items, wide_table, wide_list.groups, K, partials.data(), G, G_is_f64, nullptr);
+      break;
+    case -kOpCombine - 1:
+      err = run_wide_combine_pass(wide_items, wide_table, wide_list.groups, K, vec.data(), accumulate, &nonfinite, nullptr);
+      break;
     case kOpCoordinate:
       err = run_coordinate_pass(items, wl.groups, K, rule, trim, vec.empty() ? nullptr : vec.data(), accumulate, nullptr);
       break;

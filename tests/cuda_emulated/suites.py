@@ -88,9 +88,14 @@ def _combine_check(case: C.Case, res: C.Result, weights: List[float], fails: Lis
     _check_outs(case, res, ref, bound, fails)
 
 
+WIDE_KS = (9, 13, 40, 64)  # above MAX_SETS: the wide path (NOTE: [Wide work list]); 13 and 40 leave partial blocks
+WIDE_GRAM_TILE = 64       # kWideGramTile (gh_constants.h)
+
+
 def _gram_reference(case: C.Case, mask_gram: bool, n_items: int = 0):
     """float64 G over the case's parameters (those in the Gram when mask_gram), and the bound on a kernel's
-    error: per parameter, (longest serial chain + tree depths) * the accumulation type's eps * sum |x_a x_b|."""
+    error: per parameter, (longest serial chain + tree depths) * the accumulation type's eps * sum |x_a x_b|.
+    The wide kernel's chain: one tile's products per lane in the accumulation type (the rest is float64)."""
     K = case.K
     G = torch.zeros(K, K, dtype=torch.float64)
     bound = torch.zeros(K, K, dtype=torch.float64)
@@ -99,7 +104,10 @@ def _gram_reference(case: C.Case, mask_gram: bool, n_items: int = 0):
         if mask_gram and not p.in_gram:
             continue
         xs = [_f64(s, p.numel) for s in p.sets]
-        chain = math.ceil(min(p.numel, chunk) / 256) + 16 + n_items // 128 + 8
+        if K > 8:
+            chain = WIDE_GRAM_TILE + 2
+        else:
+            chain = math.ceil(min(p.numel, chunk) / 256) + 16 + n_items // 128 + 8
         for a in range(K):
             for b in range(K):
                 G[a, b] += torch.dot(xs[a], xs[b])
@@ -156,12 +164,13 @@ def run_gram(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None, ks
     return fails
 
 
-def run_combine(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None, ks=range(1, 9)) -> List[str]:
+def run_combine(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None, ks=range(1, 9),
+                nonfinite_ks=(2, 5, 3)) -> List[str]:
     gen = torch.Generator().manual_seed(seed)
     cs = []
     for K in ks:
         chunk = test_chunk(dtype)
-        alias = 0 if K in (3, 6) else -1  # in place: out is set 0's memory (aggregate(out=g0))
+        alias = 0 if K in (3, 6, 13) else -1  # in place: out is set 0's memory (aggregate(out=g0))
         params = C.standard_params(K, dtype, gen, chunk=chunk, with_out=True, absent=alias < 0)
         if alias >= 0:
             params = [p for p in params if p.sets[0] is not None or p.numel == 0]
@@ -169,7 +178,7 @@ def run_combine(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None,
         cs.append(C.Case(C.OP_COMBINE, K, params, accumulate=K % 2 == 0 or alias >= 0, chunk=chunk, out_alias=alias,
                          vec=w, label=f"combine {dtype} K={K}{' in place' if alias >= 0 else ''}"))
     big = 0.75 * torch.finfo(dtype).max  # twice it overflows when stored: finite inputs, a non-finite write
-    for K, where, value in ((2, 0, float("inf")), (5, 2, float("nan")), (3, 6, big)):  # vector path, unaligned starts
+    for K, where, value in zip(nonfinite_ks, (0, 2, 6), (float("inf"), float("nan"), big)):  # vector path, unaligned starts
         params = C.standard_params(K, dtype, gen, chunk=test_chunk(dtype), with_out=True)
         params[where].sets[1][params[where].numel // 2] = value
         params[where].sets[2 if value == big else 1][params[where].numel // 2] = value
@@ -323,5 +332,25 @@ def run_weights(seed: int = 0, driver: Optional[str] = None) -> List[str]:
     return fails
 
 
+def run_gram_wide(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None, ks=WIDE_KS) -> List[str]:
+    """The wide Gram (K = 9..64, NOTE: [Wide Gram block]) on the standard list, chunks of 2.5 tiles."""
+    gen = torch.Generator().manual_seed(seed)
+    cs = []
+    for K in ks:
+        chunk = 160  # two full tiles and a partial one per item; a multiple of 16 bytes in every dtype
+        cs.append(C.Case(C.OP_GRAM, K, C.standard_params(K, dtype, gen, chunk=chunk, with_out=False, big=2 * chunk + 37),
+                         chunk=chunk, g_f64=dtype == torch.float64, label=f"wide gram {dtype} K={K}"))
+    fails: List[str] = []
+    for case, res in zip(cs, C.run(cs, driver=driver)):
+        if _status(case, res, fails):
+            _check_gram(case, res, fails)
+    return fails
+
+
+def run_combine_wide(dtype: torch.dtype, seed: int = 0, driver: Optional[str] = None, ks=WIDE_KS) -> List[str]:
+    """The wide combine (K = 9..64): accumulate or not, in place (out is set 0's memory), the non-finite flag."""
+    return run_combine(dtype, seed, driver, ks=ks, nonfinite_ks=(9, 13, 40))
+
+
 SUITES: Dict[str, Suite] = {"gram": run_gram, "combine": run_combine, "coordinate": run_coordinate,
-                            "harmonize": run_harmonize}
+                            "harmonize": run_harmonize, "gram_wide": run_gram_wide, "combine_wide": run_combine_wide}
