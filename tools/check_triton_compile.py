@@ -15,6 +15,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
 from gh_kernels.backends.triton import coordinate as triton_coordinate, wide as triton_wide  # noqa: E402
+from gh_kernels.backends.triton import anyk as triton_anyk  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
@@ -66,6 +67,18 @@ def main():
                 compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True,
                                                                        "FLAG": flag}, (0, 1, 2))
         print(f"gram_wide / combine_wide {dtype:8s} K=5, 8 compile")
+        for K in (9, 40, 64):  # the any-K kernels (anyk.py): compile for the GPU; not timed there
+            W = triton_anyk.width(K)
+            asig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp64", "slot_base": "i64", "K": "constexpr",
+                    "W": "constexpr", "BLOCK": "constexpr"}
+            compile_kernel(triton_anyk.gram_anyk_kernel, asig, {"K": K, "W": W, "BLOCK": triton_anyk.ANYK_BLOCK}, (0, 1, 2))
+            csig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32",
+                    "nonfinite": "*i32", "K": "constexpr", "W": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr",
+                    "FLAG": "constexpr"}
+            for flag in (False, True):
+                compile_kernel(triton_anyk.combine_anyk_kernel, csig, {"K": K, "W": W, "BLOCK": triton_anyk.ANYK_BLOCK,
+                                                                       "ACCUMULATE": True, "FLAG": flag}, (0, 1, 2))
+        print(f"gram_anyk / combine_anyk {dtype:8s} K=9, 40, 64 compile")
         for rule, (K, sets) in ((0, (2, 2)), (0, (8, 8)), (1, (2, 3)), (1, (7, 8))):  # the per-coordinate kernel
             psig = {"table": "*i64", "base": PTR[dtype], "leak": "*fp64" if dtype == "float64" else "*fp32", "trim": "i32",
                     "K": "constexpr", "NUM_SETS": "constexpr", "RULE": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr"}
@@ -75,6 +88,10 @@ def main():
     for g in ("*fp32", "*fp64"):
         compile_kernel(triton_gram._gram_finalize_kernel, {"partials": "*fp64", "G": g, "items": "i64",
                                                            "K": "constexpr", "RBLOCK": "constexpr"}, {"K": 8, "RBLOCK": 64})
+    for g in ("*fp32", "*fp64"):
+        compile_kernel(triton_anyk._finalize, {"partials": "*fp64", "G": g, "pair_a": "*i64", "pair_b": "*i64", "items": "i64",
+                                               "K": "constexpr", "RBLOCK": "constexpr", "CB": "constexpr"},
+                       {"K": 40, "RBLOCK": 64, "CB": triton_anyk.FINALIZE_COLUMNS})
     for method in range(4):
         compile_kernel(triton_weights._weights_kernel, {"G": "*fp32", "W": "*fp32", "kappa": "fp32",
                                                         "METHOD": "constexpr", "MIN_SIN": "constexpr"},

@@ -53,7 +53,7 @@ BACKENDS: Dict[str, Backend] = {
     "torch": Backend("torch", "pytorch", {"cpu": 0, "cuda": 0}, max_sets=None, max_coordinate_sets=None),
     "cpu": Backend("cpu", "cpp", {"cpu": 2}, max_sets=None),  # NOTE: [Wide Gram tile] (csrc/cpu/gram.cpp)
     "cuda": Backend("cuda", "cpp", {"cuda": 2}, max_sets=MAX_WIDE_SETS),  # NOTE: [Wide work list] (gh_worklist.h)
-    "triton": Backend("triton", "triton", {"cuda": 1}),  # CPU tensors only under TRITON_INTERPRET=1, never automatically
+    "triton": Backend("triton", "triton", {"cuda": 1}, max_sets=MAX_WIDE_SETS),  # above MAX_SETS: triton/anyk.py  # CPU tensors only under TRITON_INTERPRET=1, never automatically
 }
 assert tuple(BACKENDS) == _ops.OVERLOADS, "every backend needs its op overloads (gh_kernels/ops/library.py)"
 

@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.constants import MAX_SETS
-from . import worklist as wl
+from ...ops.constants import MAX_SETS, MAX_WIDE_SETS
+from . import anyk, worklist as wl
 from ...ops.validate import check_nonfinite_flag
 from .common import COL_OUT, COL_START, ROW, load_acc, nonfinite_count, ptr, report_nonfinite, val, work_item
 from .flat import finish, flat_params
@@ -84,12 +84,14 @@ class CombineWork(NamedTuple):
 
 
 def plan_combine(out: Sequence[torch.Tensor], tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> CombineWork:
-    if not 1 <= num_sets <= MAX_SETS:
-        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
+    if not 1 <= num_sets <= MAX_WIDE_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {MAX_WIDE_SETS} gradient sets, got {num_sets}")
     device = out[0].device
     params = flat_params(tensors, num_sets, out)
     unreached = [fp.out for fp in params if fp.numel and all(t is None for t in fp.ins)]
-    launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True)
+    width = anyk.width(num_sets) if num_sets > MAX_SETS else MAX_SETS
+    launches, _, cfg = wl.build([fp for fp in params if any(t is not None for t in fp.ins)], num_sets, device, with_out=True,
+                                width=width)
     return CombineWork(params, launches, cfg, device, unreached)
 
 
@@ -105,6 +107,10 @@ def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumul
     if not accumulate and work.unreached:
         torch._foreach_zero_(work.unreached)
     cfg = work.cfg
+    if num_sets > MAX_SETS:
+        anyk.run_combine(work.launches, cfg, work.device, weights_for, num_sets, accumulate, nonfinite)
+        finish(work.params)
+        return
     for L in work.launches:
         w_l = weights_for(L.dtype)
         flag = (w_l, False) if nonfinite is None else (nonfinite, True)  # without a flag: any pointer, never written

@@ -6,7 +6,7 @@ Each program reads its chunk of every set once, accumulates all K(K+1)/2 product
 (``BLOCK``-wide accumulators, 16-byte vector loads when every pointer is 16-byte aligned) and
 writes them into its own row of ``partials`` (fixed slots). ``_gram_finalize`` then sums the
 rows in a fixed order in float64: deterministic, no atomics. Partial columns follow
-``ops.constants.pair_column`` for MAX_SETS sets; pairs beyond K stay zero.
+``ops.constants.pair_column`` for MAX_SETS sets; pairs beyond K stay zero. Above MAX_SETS sets: anyk.py.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
-from . import worklist as wl
+from ...ops.constants import MAX_SETS, MAX_WIDE_SETS, NUM_PAIRS as _NUM_PAIRS, pair_column
+from . import anyk, worklist as wl
 from .wide import NARROW_SETS, wide_block, gram_wide_kernel
 from .common import ROW, acc_zeros, val, work_item
 from .flat import flat_params
@@ -126,15 +126,18 @@ class GramWork(NamedTuple):
 
 
 def plan_gram(tensors: Sequence[Optional[torch.Tensor]], num_sets: int) -> GramWork:
-    if not 1 <= num_sets <= MAX_SETS:
-        raise ValueError(f"the Triton kernels handle 1 to {MAX_SETS} gradient sets, got {num_sets}")
+    if not 1 <= num_sets <= MAX_WIDE_SETS:
+        raise ValueError(f"the Triton kernels handle 1 to {MAX_WIDE_SETS} gradient sets, got {num_sets}")
     device = next(t.device for t in tensors if t is not None)
     params = flat_params(tensors, num_sets)
-    launches, items, cfg = wl.build(params, num_sets, device, with_out=False)
+    width = anyk.width(num_sets) if num_sets > MAX_SETS else MAX_SETS
+    launches, items, cfg = wl.build(params, num_sets, device, with_out=False, width=width)
     return GramWork(params, launches, items, cfg, device, result_dtype(tensors))
 
 
 def run_gram(work: GramWork, num_sets: int) -> torch.Tensor:
+    if num_sets > MAX_SETS:
+        return anyk.run_gram(work.launches, work.items, work.cfg, work.device, work.dtype, num_sets)
     partials = torch.empty((max(work.items, 1), NUM_PAIRS), dtype=torch.float64, device=work.device)
     G = torch.zeros((num_sets, num_sets), dtype=work.dtype, device=work.device)
     cfg = work.cfg

@@ -69,8 +69,10 @@ class Launch:
     slot_base: int            # first partial-sum slot of this launch
 
 
-def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out: bool) -> (List[Launch], int, Config):
-    """Rows for every non-empty parameter; returns the launches, the total rows, and the config."""
+def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out: bool,
+          width: int = MAX_SETS) -> (List[Launch], int, Config):
+    """Rows for every non-empty parameter; returns the launches, the total rows, and the config. ``width``: the
+    set offsets per row (MAX_SETS; the any-K kernels' W above it, anyk.py): rows have width + 4 columns."""
     cfg = config_for(device)
     total = sum(fp.numel for fp in params)
     chunk = chunk_size(total, device, cfg)
@@ -89,17 +91,18 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
         base = bases.setdefault(fp.dtype, sub)
         base_ptr, sub_ptr = base.data_ptr(), sub.data_ptr()
         elem = sub.element_size()
-        ptrs = [(t.data_ptr() if t is not None else sub_ptr) for t in fp.ins] + [sub_ptr] * (MAX_SETS - num_sets)
+        ptrs = [(t.data_ptr() if t is not None else sub_ptr) for t in fp.ins] + [sub_ptr] * (width - num_sets)
         out_ptr = fp.out.data_ptr() if (with_out and fp.out is not None) else base_ptr
         bits = sum(1 << k for k, t in enumerate(fp.ins) if t is not None)
+        bits = bits - (1 << 64) if bits >= 1 << 63 else bits  # as int64 (set 63's bit is the sign bit)
         ok = all(p % 16 == 0 for p in ptrs[:num_sets]) and out_ptr % 16 == 0 and base_ptr % 16 == 0
         aligned[fp.dtype] = aligned.get(fp.dtype, True) and ok and (chunk * elem) % 16 == 0
         meta.setdefault(fp.dtype, []).append([(p - base_ptr) // elem for p in ptrs] + [(out_ptr - base_ptr) // elem, fp.numel, bits])
     launches, slot = [], 0
     pin = device.type == "cuda"
     for dtype, rows in meta.items():
-        m = torch.tensor(rows, dtype=torch.int64)                 # (P, ROW - 1): MAX_SETS + 1 offsets, numel, bits
-        offsets, numel, bits = m[:, :MAX_SETS + 1], m[:, MAX_SETS + 1], m[:, MAX_SETS + 2:]
+        m = torch.tensor(rows, dtype=torch.int64)                 # (P, width + 3): width + 1 offsets, numel, bits
+        offsets, numel, bits = m[:, :width + 1], m[:, width + 1], m[:, width + 2:]
         counts = (numel + chunk - 1) // chunk                     # chunks per parameter
         first = torch.cumsum(counts, 0) - counts
         within = torch.arange(int(counts.sum()), dtype=torch.int64) - first.repeat_interleave(counts)
@@ -107,7 +110,7 @@ def build(params: List[FlatParam], num_sets: int, device: torch.device, with_out
         length = torch.minimum(numel.repeat_interleave(counts) - start, torch.full_like(start, chunk))
         table = torch.cat([offsets.repeat_interleave(counts, dim=0), start[:, None], length[:, None],
                            bits.repeat_interleave(counts, dim=0)], dim=1).contiguous()
-        assert table.shape[1] == ROW
+        assert table.shape[1] == width + 4 and (width != MAX_SETS or width + 4 == ROW)
         for s in range(0, len(table), cfg.max_items_per_launch):
             part = table[s:s + cfg.max_items_per_launch]
             part = part.pin_memory().to(device, non_blocking=True) if pin else part.contiguous()  # async: no sync
