@@ -76,7 +76,7 @@ class Plan:
         self.num_sets = weighting.num_sets  # the sets a call passes (2K for a cross-batch plan)
         extra = weighting.coordinate.extra_sets if weighting.coordinate is not None else 0
         # a cross-batch plan runs its 2K sets in blocks the kernels take (NOTE: [Cross-batch Gram])
-        op = "coordinate_" if weighting.coordinate is not None else "combine_"  # their kernels' limits differ
+        op = "coordinate_" if weighting.coordinate is not None else "gram/combine_"  # their kernels' limits differ
         self.backend = backends.resolve(backend, device, weighting.num_tasks if weighting.cross_batch else self.num_sets + extra,
                                         op=op)
         self.checks_in_op = self.backend in CHECKS_IN_OP

@@ -48,6 +48,8 @@ def test_many_sets_use_a_backend_that_takes_them(gen):
     G = gh_kernels.gram(sets)
     assert G.shape == (len(sets), len(sets))
     limited = [b for b in gh_kernels.available_backends() if backends.BACKENDS[b].limit() is not None]
-    for name in limited:  # triton (under the interpreter) takes MAX_SETS sets
-        with pytest.raises(ValueError, match=f"at most {MAX_SETS} gradient sets"):
-            gh_kernels.gram(sets, backend=name)
+    for name in limited:  # triton (under the interpreter) takes MAX_WIDE_SETS sets
+        limit = backends.BACKENDS[name].limit()
+        more = [make_set([2], torch.float32, gen) for _ in range(limit + 1)]
+        with pytest.raises(ValueError, match=f"at most {limit} gradient sets in gram/combine_; got {limit + 1}"):
+            gh_kernels.gram(more, backend=name)

@@ -44,7 +44,7 @@ class Backend:
     max_sets: Optional[int] = MAX_SETS  # most gradient sets its Gram and combine kernels take (None: any number)
     max_coordinate_sets: Optional[int] = MAX_SETS  # most sets its per-coordinate kernel takes (None: any number)
 
-    def limit(self, op: str = "combine_") -> Optional[int]:
+    def limit(self, op: str = "gram/combine_") -> Optional[int]:
         """The most sets the backend's kernel of ``op`` takes (None: any number)."""
         return self.max_coordinate_sets if op == "coordinate_" else self.max_sets
 
@@ -95,7 +95,7 @@ def available_backends() -> List[str]:
     return [name for name in BACKENDS if any(unavailable(name, d) is None for d in devices)]
 
 
-def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2, op: str = "combine_") -> str:
+def resolve(backend: Optional[str], device: torch.device, num_sets: int = 2, op: str = "gram/combine_") -> str:
     """The backend name that serves a call of ``op`` on ``device`` with ``num_sets`` sets (the Gram and
     combine ops share their limit; ``coordinate_`` has its own)."""
     requested = backend if backend is not None else os.environ.get(ENV_VAR, "auto") or "auto"
