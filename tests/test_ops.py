@@ -14,11 +14,12 @@ from models import ToyDANN
 
 
 def sample_inputs(op, device, gen):
-    """Argument tuples for op ``op`` on ``device``: awkward sizes, a None hole, mixed dtypes, K = 1..MAX_SETS (the wide Triton kernels included)."""
+    """Argument tuples for op ``op`` on ``device``: awkward sizes, a None hole, mixed dtypes, K = 1..MAX_SETS (the wide Triton kernels included) and 13 (the paths above MAX_SETS)."""
     sizes = [7, (3, 5), 1, 33, 0]
     cases = []
     if op == "gram":
-        for K, dtype in ((2, torch.float32), (2, torch.bfloat16), (1, torch.float16), (MAX_SETS, torch.float32)):
+        for K, dtype in ((2, torch.float32), (2, torch.bfloat16), (1, torch.float16), (MAX_SETS, torch.float32),
+                         (13, torch.float32)):  # 13: every backend's wide path (CPU tiles, CUDA wide list, Triton any-K)
             sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
             sets[-1][2] = None
             cases.append(([t for s in sets for t in s], K))
@@ -50,7 +51,7 @@ def sample_inputs(op, device, gen):
             cases.append((out, [t for s in sets for t in s], len(sets), rule, trim, leak, accumulate))
     else:  # combine_
         for K, dtype, accumulate in ((2, torch.float32, False), (2, torch.bfloat16, True), (3, torch.float16, False),
-                                     (2, torch.float64, False), (MAX_SETS, torch.float32, True)):
+                                     (2, torch.float64, False), (MAX_SETS, torch.float32, True), (13, torch.bfloat16, True)):
             sets = on([make_set(sizes, dtype, gen) for _ in range(K)], device)
             sets[0][1] = None
             out = on([make_set(sizes, dtype, gen)], device)[0]

@@ -56,6 +56,7 @@ def test_lightning_refuses_automatic_optimization():
         module.configure_optimizers()
 
 
+@pytest.mark.slow  # 12 s of the test command's time; DDP itself is checked without Lightning (tests/test_distributed.py)
 def test_lightning_ddp_two_processes_equals_one_process_on_the_union(tmp_path):
     pytest.importorskip("lightning")
     out = str(tmp_path / "checksum")

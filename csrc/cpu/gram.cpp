@@ -215,20 +215,18 @@ struct WideGram {
     return n;
   }
 
-  static V load(const A* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
+  // by reference: a 32-byte vector returned by value warns (-Wpsabi) in the portable build without AVX
+  static void load(const A* p, V& v) { std::memcpy(&v, p, sizeof v); }
 
   // One block over `len` elements (a multiple of L): rows a.. and b.. of buf; the first tile writes `out`.
   static void block(const A* a, const A* b, int64_t len, W* out, bool first) {
     V acc[kBlockRows][kBlockCols] = {};
     for (int64_t i = 0; i < len; i += L) {
       V vb[kBlockCols];
-      for (int c = 0; c < kBlockCols; ++c) vb[c] = load(b + c * kWideTile + i);
+      for (int c = 0; c < kBlockCols; ++c) load(b + c * kWideTile + i, vb[c]);
       for (int r = 0; r < kBlockRows; ++r) {
-        const V va = load(a + r * kWideTile + i);
+        V va;
+        load(a + r * kWideTile + i, va);
         for (int c = 0; c < kBlockCols; ++c) acc[r][c] += va * vb[c];
       }
     }
