@@ -16,6 +16,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from gh_kernels.backends.triton import combine as triton_combine, gram as triton_gram, weights as triton_weights  # noqa: E402
 from gh_kernels.backends.triton import coordinate as triton_coordinate, wide as triton_wide  # noqa: E402
 from gh_kernels.backends.triton import anyk as triton_anyk  # noqa: E402
+from gh_kernels.ops.constants import MAX_SETS  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTR = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16", "float64": "*fp64"}
@@ -62,10 +63,11 @@ def main():
             wsig = {"table": "*i64", "base": PTR[dtype], "partials": "*fp64", "slot_base": "i64", "K": "constexpr", "BLOCK": "constexpr"}
             compile_kernel(triton_wide.gram_wide_kernel, wsig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK}, (0, 1, 2))
             csig = {"table": "*i64", "base": PTR[dtype], "weights": "*fp64" if dtype == "float64" else "*fp32",
-                    "nonfinite": "*i32", "K": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr", "FLAG": "constexpr"}
-            for flag in (False, True):
-                compile_kernel(triton_wide.combine_wide_kernel, csig, {"K": K, "BLOCK": triton_wide.WIDE_BLOCK, "ACCUMULATE": True,
-                                                                       "FLAG": flag}, (0, 1, 2))
+                    "nonfinite": "*i32", "K": "constexpr", "W": "constexpr", "BLOCK": "constexpr", "ACCUMULATE": "constexpr",
+                    "FLAG": "constexpr"}
+            for flag in (False, True):  # K = 5..8 combine with anyk.py's kernel on rows of W = MAX_SETS
+                compile_kernel(triton_anyk.combine_anyk_kernel, csig, {"K": K, "W": MAX_SETS, "BLOCK": triton_wide.WIDE_BLOCK,
+                                                                       "ACCUMULATE": True, "FLAG": flag}, (0, 1, 2))
         print(f"gram_wide / combine_wide {dtype:8s} K=5, 8 compile")
         for K in (9, 40, 64):  # the any-K kernels (anyk.py): compile for the GPU; not timed there
             W = triton_anyk.width(K)

@@ -42,22 +42,31 @@ struct PlanCache {
   const at::Tensor* device = nullptr;
 };
 
-// The items (gh_worklist.h: build_items, torch-free and unit-tested on CPU), then the device copy.
-WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out,
-                        const uint8_t* gram_mask = nullptr, PlanCache cache = {}) {
+// The work lists' view of the parameters (gh_worklist.h's ParamView: K set addresses, out, size, dtype) and the
+// chunk the device's multiprocessor count gives their total size.
+std::vector<ParamView> param_views(const std::vector<FlatParam>& params, const at::Device& device, int64_t* chunk) {
   std::vector<ParamView> views(params.size());
   int64_t numel = 0;
   for (size_t p = 0; p < params.size(); ++p) {
     const FlatParam& fp = params[p];
-    for (int64_t k = 0; k < K; ++k) views[p].in[k] = fp.in[k];
+    if (fp.in.size() > views[p].in.size()) views[p].in.resize(fp.in.size(), nullptr);  // kMaxSets slots, or K
+    std::copy(fp.in.begin(), fp.in.end(), views[p].in.begin());
     views[p].out = fp.out;
     views[p].numel = fp.numel;
     views[p].elem_size = static_cast<int64_t>(c10::elementSize(fp.dtype));
     views[p].dtype = dtype_code(fp.dtype);
     numel += fp.numel;
   }
-  const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
-  const HostWorkList host_list = build_items(views, K, with_out, gram_mask, worklist_chunk(numel, sms));
+  *chunk = worklist_chunk(numel, at::cuda::getDeviceProperties(device.index())->multiProcessorCount);
+  return views;
+}
+
+// The items (gh_worklist.h: build_items, torch-free and unit-tested on CPU), then the device copy.
+WorkList build_worklist(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out,
+                        const uint8_t* gram_mask = nullptr, PlanCache cache = {}) {
+  int64_t chunk = 0;
+  const std::vector<ParamView> views = param_views(params, device, &chunk);
+  const HostWorkList host_list = build_items(views, K, with_out, gram_mask, chunk);
   WorkList wl;
   wl.groups = host_list.groups;
   wl.total = static_cast<int64_t>(host_list.items.size());
@@ -107,19 +116,9 @@ struct WideList {
 };
 
 WideList build_wide_list(const std::vector<FlatParam>& params, int64_t K, const at::Device& device, bool with_out) {
-  std::vector<ParamView> views(params.size());
-  int64_t numel = 0;
-  for (size_t p = 0; p < params.size(); ++p) {
-    const FlatParam& fp = params[p];
-    views[p].in = fp.in;
-    views[p].out = fp.out;
-    views[p].numel = fp.numel;
-    views[p].elem_size = static_cast<int64_t>(c10::elementSize(fp.dtype));
-    views[p].dtype = dtype_code(fp.dtype);
-    numel += fp.numel;
-  }
-  const int sms = at::cuda::getDeviceProperties(device.index())->multiProcessorCount;
-  const HostWideList host_list = build_wide_items(views, K, with_out, nullptr, worklist_chunk(numel, sms));
+  int64_t chunk = 0;
+  const std::vector<ParamView> views = param_views(params, device, &chunk);
+  const HostWideList host_list = build_wide_items(views, K, with_out, nullptr, chunk);
   WideList wl;
   wl.groups = host_list.groups;
   wl.total = static_cast<int64_t>(host_list.items.size());

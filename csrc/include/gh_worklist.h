@@ -52,6 +52,27 @@ inline int64_t chunk_elements(int64_t total, int multiprocessors) {
   return chunk;
 }
 
+// `base` once per chunk of a parameter of `numel` elements: start and len set, the rest copied.
+template <typename Item>
+inline void append_chunks(const Item& base, int64_t numel, int64_t chunk, std::vector<Item>* items) {
+  for (int64_t s = 0; s < numel; s += chunk) {
+    Item it = base;
+    it.start = s;
+    it.len = std::min(chunk, numel - s);
+    items->push_back(it);
+  }
+}
+
+// Items grouped by dtype code, appended group after group (one launch per group), with the (dtype, count) list.
+template <typename Item>
+inline void append_groups(const std::map<int, std::vector<Item>>& by_dtype, std::vector<Item>* items,
+                          std::vector<std::pair<int, int64_t>>* groups) {
+  for (const auto& kv : by_dtype) {
+    items->insert(items->end(), kv.second.begin(), kv.second.end());
+    groups->emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
+  }
+}
+
 // The items of one call, grouped by dtype (one launch per group, consecutive in `items`).
 struct HostWorkList {
   std::vector<WorkItem> items;
@@ -86,19 +107,10 @@ inline HostWorkList build_items(const std::vector<ParamView>& params, int64_t K,
     aligned = aligned && (chunk * pv.elem_size) % 16 == 0;
     base.present = present | (gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u);
     base.aligned = aligned ? 1u : 0u;
-    auto& items = by_dtype[pv.dtype];
-    for (int64_t s = 0; s < pv.numel; s += chunk) {
-      WorkItem it = base;
-      it.start = s;
-      it.len = std::min(chunk, pv.numel - s);
-      items.push_back(it);
-    }
+    append_chunks(base, pv.numel, chunk, &by_dtype[pv.dtype]);
   }
   HostWorkList wl;
-  for (auto& kv : by_dtype) {
-    wl.items.insert(wl.items.end(), kv.second.begin(), kv.second.end());
-    wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
-  }
+  append_groups(by_dtype, &wl.items, &wl.groups);
   return wl;
 }
 
@@ -154,18 +166,9 @@ inline HostWideList build_wide_items(const std::vector<ParamView>& params, int64
     base.row = row;
     base.flags = gram_mask != nullptr && !gram_mask[p] ? kNotInGram : 0u;
     base.aligned = aligned ? 1u : 0u;
-    auto& items = by_dtype[pv.dtype];
-    for (int64_t s = 0; s < pv.numel; s += chunk) {
-      WideItem it = base;
-      it.start = s;
-      it.len = std::min(chunk, pv.numel - s);
-      items.push_back(it);
-    }
+    append_chunks(base, pv.numel, chunk, &by_dtype[pv.dtype]);
   }
-  for (auto& kv : by_dtype) {
-    wl.items.insert(wl.items.end(), kv.second.begin(), kv.second.end());
-    wl.groups.emplace_back(kv.first, static_cast<int64_t>(kv.second.size()));
-  }
+  append_groups(by_dtype, &wl.items, &wl.groups);
   return wl;
 }
 

@@ -11,7 +11,8 @@ present bits, so every set's address is read from the row, as the CUDA kernels r
   a <= b < K into its own row of ``partials`` (column ``a K - a(a - 1)/2 + b - a``, K(K+1)/2 columns, as the
   CUDA wide rows). ``_finalize`` sums the rows per column in a fixed order (float64) and writes G.
 * combine: ``y = sum_k w_k x_k`` over the tile's rows (+ out), stored once; every element is read before it
-  is written, so out may be an input; the non-finite flag as the other combines.
+  is written, so out may be an input; the non-finite flag as the other combines. The same kernel combines 5..8
+  sets on the MAX_SETS-wide rows (W = MAX_SETS: the row layout is the same).
 
 Deterministic: fixed work split and partial slots, no atomics. Checked under the interpreter
 (tests/test_triton.py) and compiled for sm_90 (tools/check_triton_compile.py); not timed on a GPU.
@@ -25,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ...ops.constants import MAX_SETS, MAX_WIDE_SETS
-from .common import nonfinite_count, report_nonfinite
+from .common import load_acc, report_nonfinite, store_combined
 
 #: Elements per set per tile on a GPU (the interpreter uses the work list's small block).
 ANYK_BLOCK = 64
@@ -60,13 +61,7 @@ def _row(row, K: tl.constexpr, W: tl.constexpr):
 @triton.jit
 def _tile(base, offk, has, offs, limit):
     """(W, BLOCK) elements in the accumulation dtype (float64 for float64, else float32); 0 where not read."""
-    m = has[:, None] & (offs[None, :] < limit)
-    x = tl.load(base + offk[:, None] + offs[None, :], mask=m, other=0.0)
-    if base.dtype.element_ty == tl.float64:
-        y = x.to(tl.float64)
-    else:
-        y = x.to(tl.float32)
-    return y
+    return load_acc(base + offk[:, None], offs[None, :], has[:, None] & (offs[None, :] < limit), True)
 
 
 @triton.jit
@@ -123,13 +118,7 @@ def combine_anyk_kernel(table, base, weights, nonfinite, K: tl.constexpr, W: tl.
     for i in range(0, tl.cdiv(length, BLOCK)):  # every element read before it is written: out may be an input
         offs = i * BLOCK + r
         m = offs < length
-        y = tl.sum(w[:, None] * _tile(base, offk, has, offs, length), axis=0)
-        if ACCUMULATE:
-            y += tl.load(po + offs, mask=m, other=0.0).to(y.dtype)
-        stored = y.to(po.dtype.element_ty)
-        tl.store(po + offs, stored, mask=m)
-        if FLAG:
-            bad += nonfinite_count(stored, m, True)
+        bad += store_combined(po, offs, m, tl.sum(w[:, None] * _tile(base, offk, has, offs, length), axis=0), ACCUMULATE, FLAG)
     if FLAG:
         report_nonfinite(nonfinite, bad)
 

@@ -18,7 +18,7 @@ from . import anyk, worklist as wl
 from ...ops.validate import check_nonfinite_flag
 from .common import COL_OUT, COL_START, ROW, load_acc, nonfinite_count, ptr, report_nonfinite, val, work_item
 from .flat import finish, flat_params
-from .wide import NARROW_SETS, wide_block, combine_wide_kernel
+from .wide import NARROW_SETS, wide_block
 
 
 @triton.jit
@@ -115,8 +115,9 @@ def run_combine(work: CombineWork, weights: torch.Tensor, num_sets: int, accumul
         w_l = weights_for(L.dtype)
         flag = (w_l, False) if nonfinite is None else (nonfinite, True)  # without a flag: any pointer, never written
         if num_sets > NARROW_SETS:
-            combine_wide_kernel[(L.items,)](L.table, L.base, w_l, flag[0], K=num_sets, BLOCK=wide_block(cfg, work.device),
-                                            ACCUMULATE=bool(accumulate), FLAG=flag[1], num_warps=cfg.num_warps)
+            anyk.combine_anyk_kernel[(L.items,)](L.table, L.base, w_l, flag[0], K=num_sets, W=MAX_SETS,  # the same rows
+                                                 BLOCK=wide_block(cfg, work.device), ACCUMULATE=bool(accumulate),
+                                                 FLAG=flag[1], num_warps=cfg.num_warps)
             continue
         _combine_kernel[(L.items,)](L.table, L.base, w_l, flag[0], K=num_sets,
                                     BLOCK=wl.block_for(cfg, L.base.element_size()), ALIGNED=L.aligned,

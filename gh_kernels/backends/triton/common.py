@@ -89,3 +89,17 @@ def nonfinite_count(stored, mask, MASKED: tl.constexpr):
 def report_nonfinite(nonfinite, count):
     """Store 1 into the flag when ``count > 0``: every writer stores the same value."""
     tl.store(nonfinite, tl.full([], 1, tl.int32), mask=count > 0)
+
+
+@triton.jit
+def store_combined(po, offs, m, y, ACCUMULATE: tl.constexpr, FLAG: tl.constexpr):
+    """The wide combines' store of one tile: ``out (+)= y`` where ``m``, in out's dtype; returns how many written
+    values are non-finite when FLAG (else 0). Every element of the tile was read before: out may be an input."""
+    if ACCUMULATE:
+        y += tl.load(po + offs, mask=m, other=0.0).to(y.dtype)
+    stored = y.to(po.dtype.element_ty)
+    tl.store(po + offs, stored, mask=m)
+    bad = tl.zeros([], dtype=tl.int32)
+    if FLAG:
+        bad = nonfinite_count(stored, m, True)
+    return bad

@@ -1,4 +1,5 @@
-"""Triton Gram and combine kernels for 5 to MAX_SETS gradient sets ("wide" kernels).
+"""Triton Gram kernel for 5 to MAX_SETS gradient sets ("wide" kernels); their combine is anyk.py's kernel on
+the same rows (W = MAX_SETS), and the per-coordinate kernel (coordinate.py) uses this file's row and tile.
 
 The narrow kernels (gram.py, combine.py) keep one named accumulator per pair, which is what made
 them reach copy bandwidth for K <= NARROW_SETS; writing 36 named accumulators for K = 8 would be
@@ -16,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ...ops.constants import MAX_SETS, NUM_PAIRS as _NUM_PAIRS
-from .common import COL_LENGTH, COL_OUT, COL_PRESENT, COL_START, ROW, load_acc, nonfinite_count, report_nonfinite
+from .common import COL_LENGTH, COL_PRESENT, COL_START, ROW, load_acc
 
 #: The narrow kernels serve up to this many sets; the wide kernels the rest (to MAX_SETS).
 NARROW_SETS = 4
@@ -72,27 +73,3 @@ def gram_wide_kernel(table, base, partials, slot_base, K: tl.constexpr, BLOCK: t
     column = a * SETS - a * (a - 1) // 2 + (b - a)  # ops.constants.pair_column(a, b)
     out = partials + (slot_base + pid) * NUM_PAIRS
     tl.store(out + column, acc.to(tl.float64), mask=(a <= b) & (b < K))
-
-
-@triton.jit
-def combine_wide_kernel(table, base, weights, nonfinite, K: tl.constexpr, BLOCK: tl.constexpr, ACCUMULATE: tl.constexpr,
-                        FLAG: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    row = table + pid * ROW
-    ks, start, length, has, offk = _row(row, K)
-    po = base + tl.load(row + COL_OUT) + start
-    w = tl.load(weights + ks, mask=ks < K, other=0.0)
-    r = tl.arange(0, BLOCK)
-    bad = tl.zeros([], dtype=tl.int32)
-    for i in range(0, tl.cdiv(length, BLOCK)):  # every element read before it is written: out may be an input
-        offs = i * BLOCK + r
-        m = offs < length
-        y = tl.sum(w[:, None] * _tile(base, offk, has, offs, length, True), axis=0)
-        if ACCUMULATE:
-            y += tl.load(po + offs, mask=m, other=0.0).to(y.dtype)
-        stored = y.to(po.dtype.element_ty)
-        tl.store(po + offs, stored, mask=m)
-        if FLAG:
-            bad += nonfinite_count(stored, m, True)
-    if FLAG:
-        report_nonfinite(nonfinite, bad)
