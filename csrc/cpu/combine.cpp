@@ -114,8 +114,8 @@ bool combine_wide(T* out, const T* const* x, const acc_t<T>* w, int m, int64_t n
 
 template <typename T>
 bool combine_item(const FlatParam& fp, const Segment& s, int64_t K, const double* weights, bool accumulate) {
-  std::vector<const T*> x;
-  std::vector<acc_t<T>> w;
+  c10::SmallVector<const T*, kMaxSets> x;  // inline up to kMaxSets: no allocation per item on the common path
+  c10::SmallVector<acc_t<T>, kMaxSets> w;
   for (int k = 0; k < K; ++k)
     if (fp.in[k] != nullptr) {
       x.push_back(static_cast<const T*>(fp.in[k]) + s.start);

@@ -151,13 +151,14 @@ void gram_segment(const T* const* x, int64_t n, double* sums) {
 }
 
 // NOTE: [Wide Gram tile]: above kMaxSets present sets the M(M+1)/2 products are a symmetric rank-k update per
-// tile. The M rows of kWideTile elements are converted once into a buffer of the accumulation type (one read of
-// each gradient element: 40 rows = 80 KB, L2-resident), then every block of kBlockRows x kBlockCols pairs of the
-// upper triangle runs over it with one vector accumulator per pair (12 accumulators + 3 rows in the 16 AVX2
-// registers; each loaded vector feeds 3-4 multiply-adds, where a dot per pair feeds one). Per tile the vector
-// accumulators are added lane by lane into float64 (so float32 sums run over kWideTile / lanes = 64 products,
-// as in the paths above), and the lanes are summed in a fixed order at the end: deterministic. Measured on the
-// 2-core AVX2 machine: 20-29 GFMA/s per core on L2-resident tiles, against 5-8 for a dot per pair.
+// tile. The M rows of kWideTile elements are converted once into a per-thread buffer of the accumulation type
+// (one read of each gradient element; 40 rows are 160 KB, L2-resident), then every block of kBlockRows x
+// kBlockCols pairs of the upper triangle runs over it with one vector accumulator per pair, so each loaded vector
+// feeds 3-4 multiply-adds: 4 x 4 blocks of 16-lane vectors with AVX-512F (16 accumulators + 4 rows of its 32
+// registers), 3 x 4 of 8 lanes with AVX2 (12 + 3 of 16). Per tile the vector accumulators are added lane by lane
+// into float64 (so a float32 sum runs over kWideTile / lanes <= 128 products), and the lanes are summed in a fixed
+// order at the end: deterministic. Measured, K = 40, one thread: 21-28 GFMA/s with AVX-512F, 15 with AVX2
+// (bench/results/large-k-cpu-2core-2026-12-06b/NOTES.md).
 template <typename A>
 struct WideVec;  // GCC vector extensions: AVX2 registers with -mavx2, pairs of SSE registers without it
 #if defined(__AVX512F__)
@@ -276,8 +277,8 @@ struct WideGram {
 
 template <typename T>
 void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /* K*K */) {
-  std::vector<const T*> x;
-  std::vector<int> idx;
+  c10::SmallVector<const T*, kMaxSets> x;  // inline up to kMaxSets: no allocation per item on the common path
+  c10::SmallVector<int, kMaxSets> idx;
   for (int k = 0; k < K; ++k)
     if (fp.in[k] != nullptr) {
       x.push_back(static_cast<const T*>(fp.in[k]) + s.start);

@@ -10,6 +10,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 
@@ -38,7 +39,7 @@ inline int coordinate_rule_code(c10::string_view rule) {
 struct FlatParam {
   int64_t numel = 0;
   at::ScalarType dtype = at::kFloat;
-  std::vector<const void*> in;  // one per set; nullptr: that set has no gradient
+  c10::SmallVector<const void*, kMaxSets> in;  // one per set (inline up to kMaxSets); nullptr: that set has no gradient
   void* out = nullptr;
   std::vector<at::Tensor> keep_alive;  // contiguous copies made for this parameter
   at::Tensor out_temp, out_target;     // out computed into out_temp, then copied into out_target
@@ -78,7 +79,7 @@ inline std::vector<FlatParam> prepare_params(const c10::List<std::optional<at::T
   for (int64_t p = 0; p < P; ++p) {
     FlatParam& fp = params[p];
     fp.in.assign(static_cast<size_t>(num_sets), nullptr);
-    std::vector<at::Tensor> ins(static_cast<size_t>(num_sets));  // undefined: that set has no gradient for this parameter
+    c10::SmallVector<at::Tensor, kMaxSets> ins(static_cast<size_t>(num_sets));  // undefined: no gradient for this parameter
     const at::Tensor* ref = nullptr;
     for (int64_t k = 0; k < num_sets; ++k) {
       std::optional<at::Tensor> t = tensors.get(k * P + p);
