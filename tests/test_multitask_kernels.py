@@ -54,6 +54,24 @@ def test_gram_and_combine_any_k(device, backend, K, dtype, gen):
     check_k_sets(device, backend, K, dtype, gen, WIDE_SIZES + ([70001] if K == 13 and not interpreted else []))
 
 
+@pytest.mark.parametrize("K", [2, 13])
+def test_cpu_gram_bits_do_not_depend_on_threads(K, gen):
+    """The C++ Gram's fixed item groups (gram.cpp, kGramGroups): 1 and 2 threads give the same bits, on a list
+    of more items than groups (many small parameters and one over several 64K-element items)."""
+    if "cpu" not in gh_kernels.available_backends():
+        pytest.skip("the C++ extension is not built")
+    sets = k_sets(K, torch.float32, gen, [3] * 150 + [200001])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gh_kernels.gram(sets, backend="cpu")
+        torch.set_num_threads(2)
+        two = gh_kernels.gram(sets, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
 def check_k_sets(device, backend, K, dtype, gen, sizes):
     sets = on(k_sets(K, dtype, gen, sizes), device)
     J = dense(sets)

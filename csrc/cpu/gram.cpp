@@ -3,8 +3,9 @@
 // Each work item (<= 64K elements of one parameter) accumulates in float32 (float64 for float64
 // gradients) over tiles of kTile elements with kLanes independent accumulators per product
 // (auto-vectorized; for 3+ sets, pair by pair over an L1-resident copy of the tile), adds
-// each tile's sums into double, and writes its partials into its own slot. The final sum runs
-// over the slots in a fixed order: deterministic for any thread count, no atomics.
+// each tile's sums into double, and adds its partials into its group's slot (fixed groups of consecutive
+// items, summed in item order). The final sum runs over the slots in a fixed order: deterministic for any
+// thread count, no atomics.
 // Above kMaxSets present sets the item runs the wide path (NOTE: [Wide Gram tile]).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -259,7 +260,7 @@ struct WideGram {
     }
   }
 
-  // The sums into slot[idx[a] * K + idx[b]], a <= b, lanes in a fixed order.
+  // The sums added into slot[idx[a] * K + idx[b]], a <= b, lanes in a fixed order.
   void write(const int* idx, int64_t K, double* slot) const {
     const W* out = lanes;
     for (int a0 = 0; a0 < M; a0 += kBlockRows)
@@ -270,11 +271,12 @@ struct WideGram {
             if (a >= M || b >= M || b < a) continue;  // padding rows, and pairs below the diagonal
             double total = 0;
             for (int j = 0; j < L; ++j) total += out[r * kBlockCols + c][j];
-            slot[idx[a] * K + idx[b]] = total;
+            slot[idx[a] * K + idx[b]] += total;
           }
   }
 };
 
+// Adds one work item's products into its group's slot (K x K, upper triangle).
 template <typename T>
 void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /* K*K */) {
   c10::SmallVector<const T*, kMaxSets> x;  // inline up to kMaxSets: no allocation per item on the common path
@@ -305,25 +307,32 @@ void gram_item(const FlatParam& fp, const Segment& s, int64_t K, double* slot /*
   }
   int q = 0;
   for (int a = 0; a < m; ++a)
-    for (int b = a; b < m; ++b, ++q) slot[idx[a] * K + idx[b]] = sums[q];
+    for (int b = a; b < m; ++b, ++q) slot[idx[a] * K + idx[b]] += sums[q];
 }
 static_assert(kMaxSets == 8, "gram_item lists one case per number of present sets up to kMaxSets");
 
 }  // namespace
 
+// Fixed groups of consecutive work items, each summed into its own K x K slot: the partial sums take
+// kGramGroups K^2 float64 (2 MB at K = 64) whatever the list's size, where a slot per item took one per 64K
+// elements (62 MB for a 110M-parameter list at K = 64). The groups depend only on the item count.
+constexpr int64_t kGramGroups = 64;
+
 std::vector<double> gram_params(const std::vector<FlatParam>& params, int64_t K, const uint8_t* mask) {
   auto segs = make_segments(params, mask);
-  std::vector<double> slots(segs.size() * K * K, 0.0);
-  at::parallel_for(0, static_cast<int64_t>(segs.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const FlatParam& fp = params[segs[i].param];
-      double* slot = slots.data() + i * K * K;
-      dispatch_dtype(fp.dtype, [&](auto tag) { gram_item<decltype(tag)>(fp, segs[i], K, slot); });
-    }
+  const int64_t n = static_cast<int64_t>(segs.size()), groups = std::min(n, kGramGroups);
+  std::vector<double> slots(groups * K * K, 0.0);
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g)
+      for (int64_t i = g * n / groups; i < (g + 1) * n / groups; ++i) {  // items in order into the group's slot
+        const FlatParam& fp = params[segs[i].param];
+        double* slot = slots.data() + g * K * K;
+        dispatch_dtype(fp.dtype, [&](auto tag) { gram_item<decltype(tag)>(fp, segs[i], K, slot); });
+      }
   });
   std::vector<double> G(K * K, 0.0);
-  for (size_t i = 0; i < segs.size(); ++i)  // fixed order: the result does not depend on the thread count
-    for (int64_t e = 0; e < K * K; ++e) G[e] += slots[i * K * K + e];
+  for (int64_t g = 0; g < groups; ++g)  // fixed order: the result does not depend on the thread count
+    for (int64_t e = 0; e < K * K; ++e) G[e] += slots[g * K * K + e];
   for (int64_t a = 0; a < K; ++a)
     for (int64_t b = 0; b < a; ++b) G[a * K + b] = G[b * K + a];
   return G;
