@@ -147,3 +147,17 @@ def run_two_rank_worker(script: str, init) -> dict:
     if not out:
         pytest.fail(f"{script} reported nothing (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return out
+
+
+def gram_on_threads(sets, counts=(1, 2, 3), backend="torch"):
+    """``backend``'s Gram of ``sets`` computed on each thread count (the thread count restored after)."""
+    import gh_kernels
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(gh_kernels.gram(sets, backend=backend))
+    finally:
+        torch.set_num_threads(threads)
+    return results

@@ -10,7 +10,7 @@ import torch
 import gh_kernels
 from gh_kernels import backends
 from gh_kernels.ops.constants import MAX_SETS
-from helpers import assert_field_error, make_set, on, plain_torch_gram
+from helpers import assert_field_error, gram_on_threads, make_set, on, plain_torch_gram
 
 SIZES = [1, 7, 33, (5, 13), 257, 1031]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -60,15 +60,7 @@ def test_cpu_gram_bits_do_not_depend_on_threads(K, gen):
     of more items than groups (many small parameters and one over several 64K-element items)."""
     if "cpu" not in gh_kernels.available_backends():
         pytest.skip("the C++ extension is not built")
-    sets = k_sets(K, torch.float32, gen, [3] * 150 + [200001])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = gh_kernels.gram(sets, backend="cpu")
-        torch.set_num_threads(2)
-        two = gh_kernels.gram(sets, backend="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    one, two = gram_on_threads(k_sets(K, torch.float32, gen, [3] * 150 + [200001]), (1, 2), backend="cpu")
     assert torch.equal(one, two)
 
 

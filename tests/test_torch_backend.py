@@ -6,23 +6,10 @@ import torch
 import gh_kernels
 from gh_kernels.reference import combine_reference, gram_reference
 
-from helpers import EPS, make_set
+from helpers import EPS, gram_on_threads, make_set
 
 
 # ---------------------------------------------------------------- D9: torch backend Gram, thread-count independent
-def gram_on_threads(sets, counts=(1, 2, 3)):
-    """The torch backend's Gram of ``sets`` computed on each thread count."""
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in counts:
-            torch.set_num_threads(n)
-            results.append(gh_kernels.gram(sets, backend="torch"))
-    finally:
-        torch.set_num_threads(threads)
-    return results
-
-
 def test_torch_gram_is_bitwise_stable_across_thread_counts(gen):
     sets = [make_set([100_003, 4096 * 3, 5, (70, 1000)], torch.float32, gen) for _ in range(3)]
     results = gram_on_threads(sets)
